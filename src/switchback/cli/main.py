@@ -1,0 +1,26 @@
+"""The `switchback` command. Each sub-command group lives in its own module of this package."""
+
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="switchback",
+    help="Durable DO/UNDO transactions and zero-downtime blue/green releases.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    # Sub-command groups register themselves here; one line per module.
+    from switchback.cli import sidecar, xds
+
+    app.add_typer(xds.app, name="xds")
+    app.add_typer(sidecar.app, name="sidecar")
+
+
+def main() -> None:
+    _register()
+    app()

@@ -15,10 +15,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # Sub-command groups register themselves here; one line per module.
-    from switchback.cli import sidecar, xds
-
-    app.add_typer(xds.app, name="xds")
-    app.add_typer(sidecar.app, name="sidecar")
+    pass
 
 
 def main() -> None:

@@ -15,7 +15,11 @@ app = typer.Typer(
 
 def _register() -> None:
     # Sub-command groups register themselves here; one line per module.
-    pass
+    from switchback.cli import lint, tx
+
+    app.command("run")(tx.run)
+    app.command("lint")(lint.lint)
+    app.add_typer(tx.app, name="tx")
 
 
 def main() -> None:

@@ -1,0 +1,171 @@
+"""Helpers shared by the command modules: options, the engine context, printing."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from switchback.engine import Engine, EngineError, RequestInvalid
+from switchback.model import App, AppLoadError, load_app
+from switchback.store import open_store
+from switchback.store.records import TxRecord
+
+T = TypeVar("T")
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+DataOpt = typer.Option(
+    None,
+    "--data",
+    envvar="SWITCHBACK_DATA",
+    help="Data directory (SQLite store) [default: ./.switchback]",
+)
+AppOpt = typer.Option(
+    None,
+    "--app",
+    envvar="SWITCHBACK_APP",
+    help="App folder [default: the one last used with this data directory]",
+)
+JsonOpt = typer.Option(False, "--json", help="Print JSON instead of tables")
+
+STATUS_STYLE = {
+    "completed": "green", "rolled_back": "cyan", "running": "yellow", "waiting": "blue",
+    "suspended": "red", "rolling_back": "magenta", "rollback_failed": "bold red",
+    "done": "green", "undone": "cyan", "failed": "red", "undo_failed": "bold red",
+    "undoing": "magenta", "pending": "dim",
+}  # fmt: skip
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def actor() -> str:
+    return os.environ.get("SWITCHBACK_ACTOR") or getpass.getuser()
+
+
+def data_dir(data: Path | None) -> Path:
+    return (data or Path(".switchback")).resolve()
+
+
+def read_json_file(path: Path | None) -> Any:
+    if path is None:
+        return None
+    try:
+        text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror}")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        fail(f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+
+
+def load_app_or_fail(path: Path) -> App:
+    try:
+        return load_app(path)
+    except AppLoadError as exc:
+        for p in exc.problems:
+            err.print(f"[red]{p}[/red]")
+        fail(f"the app in {path} has {len(exc.problems)} problem(s); run `switchback lint {path}`")
+
+
+def run_async(coro_fn: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(coro_fn())  # type: ignore[arg-type]
+    except RequestInvalid as exc:
+        for v in exc.violations:
+            err.print(f"  [red]{v['path']}[/red]: {v['message']}")
+        fail("the request does not match the scenario's schema")
+    except EngineError as exc:
+        fail(str(exc))
+
+
+@asynccontextmanager
+async def engine_for(data: Path | None, app_path: Path | None, *, remember_app: bool = False):  # type: ignore[no-untyped-def]
+    """An open engine on the data directory's store, with the app (given or remembered)."""
+    store = open_store(data_dir(data))
+    await store.open()
+    try:
+        if app_path is None:
+            remembered = await store.get_meta("app_dir")
+            app_path = Path(remembered) if remembered else None
+        app = App() if app_path is None else load_app_or_fail(app_path)
+        if app_path is not None and remember_app:
+            await store.set_meta("app_dir", str(app_path.resolve()))
+    except BaseException:
+        await store.close()
+        raise
+    # The engine takes over the open store (open() is idempotent) and closes it.
+    engine = Engine(app, store)
+    await engine.open()
+    try:
+        yield engine
+    finally:
+        await engine.close()
+
+
+def ts(value: float | None) -> str:
+    if not value:
+        return "-"
+    return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def styled(status: str) -> str:
+    style = STATUS_STYLE.get(status, "")
+    return f"[{style}]{status}[/{style}]" if style else status
+
+
+def short_json(value: Any, limit: int = 60) -> str:
+    if value is None:
+        return ""
+    text = json.dumps(value, separators=(",", ":"))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def print_tx(tx: dict[str, Any]) -> None:
+    """Print a transaction given as the dict of TxRecord.to_dict() (local or from the API)."""
+    out.print(f"[bold]{tx['xid']}[/bold]  scenario [bold]{tx['scenario']}[/bold]  status {styled(tx['status'])}"
+              + (f"  reason {tx['reason']}" if tx.get("reason") else ""))  # fmt: skip
+    out.print(f"created {ts(tx['created_at'])}  updated {ts(tx['updated_at'])}")
+    table = Table("#", "block", "status", "tries", "output", "error / note")
+    for b in tx["blocks"]:
+        problem = b.get("undo_error") or b.get("error")
+        text = f"{problem['type']}: {problem['message']}" if problem else (b.get("note") or "")
+        tries = str(b["attempts"]) + (f" / undo {b['undo_attempts']}" if b["undo_attempts"] else "")
+        table.add_row(
+            str(b["index"]), b["name"], styled(b["status"]), tries, short_json(b["output"]), text
+        )
+    out.print(table)
+    if tx.get("result") is not None:
+        out.print(f"result: {short_json(tx['result'], 200)}")
+    if tx.get("audit"):
+        audit = Table("when", "actor", "action", "reason", "input", title="audit")
+        for a in tx["audit"]:
+            audit.add_row(
+                ts(a["at"]),
+                a["actor"],
+                a["action"],
+                a.get("reason") or "",
+                short_json(a.get("input")),
+            )
+        out.print(audit)
+
+
+def exit_code_for(tx: TxRecord | dict[str, Any]) -> int:
+    status = tx.status if isinstance(tx, TxRecord) else tx["status"]
+    return 0 if status in ("completed", "rolled_back", "waiting") else 2

@@ -1,0 +1,252 @@
+"""`switchback run`, `switchback tx ...`: start transactions and decide on parked ones."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from switchback.cli.common import (
+    AppOpt,
+    DataOpt,
+    JsonOpt,
+    actor,
+    engine_for,
+    exit_code_for,
+    out,
+    print_tx,
+    read_json_file,
+    run_async,
+    short_json,
+    styled,
+    ts,
+)
+from switchback.store.records import TX_STATUSES, TxRecord
+
+app = typer.Typer(help="Inspect transactions and decide on parked ones.", no_args_is_help=True)
+
+
+def _show(tx: TxRecord, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(tx.to_dict()))
+    else:
+        print_tx(tx.to_dict())
+
+
+def run(
+    app_dir: Path = typer.Argument(..., help="App folder", exists=True, file_okay=False),
+    scenario: str = typer.Argument(..., help="Scenario name"),
+    input: Path | None = typer.Option(
+        None, "--input", "-i", help="Request body as a JSON file ('-' = stdin)"
+    ),
+    data: Path | None = DataOpt,
+    idempotency_key: str | None = typer.Option(
+        None, "--idempotency-key", help="Start nothing new if this key was used"
+    ),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Start one transaction and follow it until it completes or parks.
+
+    Exit status: 0 completed, 2 parked (suspended / rollback_failed), 1 error.
+    """
+    request = read_json_file(input) if input else {}
+
+    async def go() -> TxRecord:
+        async with engine_for(data, app_dir, remember_app=True) as engine:
+            return await engine.run(
+                scenario, request, actor=actor(), idempotency_key=idempotency_key
+            )
+
+    tx = run_async(go)
+    _show(tx, as_json)
+    raise typer.Exit(exit_code_for(tx))
+
+
+@app.command("list")
+def list_(
+    status: str | None = typer.Option(
+        None, "--status", "-s", help=f"One of: {', '.join(TX_STATUSES)}"
+    ),
+    scenario: str | None = typer.Option(None, "--scenario"),
+    limit: int = typer.Option(50, "--limit", min=1, max=1000),
+    cursor: str | None = typer.Option(None, "--cursor", help="Continue after a previous page"),
+    data: Path | None = DataOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """List transactions, newest first."""
+    if status and status not in TX_STATUSES:
+        raise typer.BadParameter(
+            f"unknown status {status!r}; one of: {', '.join(TX_STATUSES)}", param_hint="--status"
+        )
+
+    async def go() -> tuple[list[TxRecord], str | None]:
+        async with engine_for(data, None) as engine:
+            return await engine.list(status=status, scenario=scenario, limit=limit, cursor=cursor)
+
+    page, nxt = run_async(go)
+    if as_json:
+        out.print_json(
+            json.dumps({"transactions": [_summary(t) for t in page], "next_cursor": nxt})
+        )
+        return
+    table = Table("xid", "scenario", "status", "block", "reason", "created")
+    for t in page:
+        table.add_row(
+            t.xid, t.scenario, styled(t.status), str(t.cursor), t.reason or "", ts(t.created_at)
+        )
+    out.print(table)
+    if nxt:
+        out.print(f"more: --cursor {nxt}")
+
+
+def _summary(t: TxRecord) -> dict[str, Any]:
+    return {"xid": t.xid, "scenario": t.scenario, "status": t.status, "reason": t.reason,
+            "cursor": t.cursor, "created_at": t.created_at, "updated_at": t.updated_at}  # fmt: skip
+
+
+@app.command()
+def show(xid: str, data: Path | None = DataOpt, as_json: bool = JsonOpt) -> None:
+    """Blocks with status, tries, output and error; the audit trail."""
+
+    async def go() -> TxRecord:
+        async with engine_for(data, None) as engine:
+            return await engine.get(xid)
+
+    _show(run_async(go), as_json)
+
+
+@app.command()
+def rollforward(
+    xid: str,
+    input: Path | None = typer.Option(
+        None, "--input", "-i", help="Corrected request (JSON file); validated again"
+    ),
+    from_block: str | None = typer.Option(None, "--from", help="Start from this (earlier) block"),
+    reason: str | None = typer.Option(None, "--reason", "-r"),
+    data: Path | None = DataOpt,
+    app_dir: Path | None = AppOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run a suspended transaction again from its failed block."""
+    request = read_json_file(input)
+
+    async def go() -> TxRecord:
+        async with engine_for(data, app_dir) as engine:
+            return await engine.rollforward(
+                xid, actor=actor(), reason=reason, request=request, from_block=from_block
+            )
+
+    tx = run_async(go)
+    _show(tx, as_json)
+    raise typer.Exit(exit_code_for(tx))
+
+
+@app.command()
+def rollback(
+    xid: str,
+    reason: str | None = typer.Option(None, "--reason", "-r"),
+    data: Path | None = DataOpt,
+    app_dir: Path | None = AppOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """UNDO every block that ran, newest first (or retry a failed rollback)."""
+
+    async def go() -> TxRecord:
+        async with engine_for(data, app_dir) as engine:
+            return await engine.rollback(xid, actor=actor(), reason=reason)
+
+    tx = run_async(go)
+    _show(tx, as_json)
+    raise typer.Exit(exit_code_for(tx))
+
+
+@app.command()
+def compensated(
+    xid: str,
+    reason: str = typer.Option(..., "--reason", "-r", help="What was done by hand (required)"),
+    data: Path | None = DataOpt,
+    app_dir: Path | None = AppOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Mark the failed UNDO as compensated by hand; the rollback goes on with older blocks."""
+
+    async def go() -> TxRecord:
+        async with engine_for(data, app_dir) as engine:
+            return await engine.mark_compensated(xid, actor=actor(), reason=reason)
+
+    tx = run_async(go)
+    _show(tx, as_json)
+    raise typer.Exit(exit_code_for(tx))
+
+
+@app.command()
+def signal(
+    xid: str,
+    name: str,
+    payload: Path | None = typer.Option(None, "--payload", help="Signal payload (JSON file)"),
+    reason: str | None = typer.Option(None, "--reason", "-r"),
+    data: Path | None = DataOpt,
+    app_dir: Path | None = AppOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Send a named signal; a transaction waiting for it resumes."""
+    body = read_json_file(payload)
+
+    async def go() -> TxRecord:
+        async with engine_for(data, app_dir) as engine:
+            return await engine.signal(xid, name, body, actor=actor(), reason=reason)
+
+    tx = run_async(go)
+    _show(tx, as_json)
+    raise typer.Exit(exit_code_for(tx))
+
+
+@app.command()
+def plan(
+    xid: str, data: Path | None = DataOpt, app_dir: Path | None = AppOpt, as_json: bool = JsonOpt
+) -> None:
+    """Dry run: what a rollforward and a rollback would run, in order, with their inputs."""
+
+    async def go() -> dict[str, Any]:
+        async with engine_for(data, app_dir) as engine:
+            return await engine.plan(xid)
+
+    p = run_async(go)
+    if as_json:
+        out.print_json(json.dumps(p))
+        return
+    out.print(f"[bold]{p['xid']}[/bold] is {styled(p['status'])}")
+    for title, key in (("rollforward would run", "rollforward"), ("after the signal, would run", "resume_after_signal"),
+                       ("rollback would run", "rollback")):  # fmt: skip
+        steps = p[key]
+        if not steps:
+            continue
+        table = Table("#", "block", "action", "callable", "input", title=title)
+        for n, s in enumerate(steps, 1):
+            inp = s.get("do_output") if key == "rollback" else s.get("request")
+            table.add_row(
+                str(n),
+                s["block"],
+                s["action"],
+                s.get("callable") or s.get("signal") or "",
+                short_json(inp),
+            )
+        out.print(table)
+
+
+@app.command()
+def recover(data: Path | None = DataOpt, app_dir: Path | None = AppOpt) -> None:
+    """Take over transactions whose process died and apply the in-doubt rules."""
+
+    async def go() -> list[str]:
+        async with engine_for(data, app_dir) as engine:
+            taken = await engine.recover()
+            for xid in taken:
+                await engine.wait(xid)
+            return taken
+
+    taken = run_async(go)
+    out.print(f"recovered {len(taken)} transaction(s)" + (": " + ", ".join(taken) if taken else ""))

@@ -1,0 +1,831 @@
+"""The transaction state machine and its executor.
+
+One durable write per block transition: "block k done + block k+1 started" is a single store
+write, so a crash leaves either block k running (in doubt) or block k+1 running (in doubt), never
+a state in between. Which in-doubt blocks may run again is decided by ``idempotent`` alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import inspect
+import json
+import logging
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from switchback.engine.context import BlockContext
+from switchback.engine.errors import (
+    Busy,
+    DecisionRefused,
+    IdempotencyConflict,
+    RequestInvalid,
+    UnknownScenario,
+    UnknownTransaction,
+    error_info,
+)
+from switchback.model import App, Block, Scenario
+from switchback.store import DuplicateIdempotencyKey, FencedOut, Store, new_owner_id
+from switchback.store.records import (
+    ACTIVE,
+    B_RUNNING,
+    COMPLETED,
+    DONE,
+    FAILED,
+    PENDING,
+    ROLLBACK_FAILED,
+    ROLLED_BACK,
+    ROLLING_BACK,
+    RUNNING,
+    SUSPENDED,
+    UNDO_FAILED,
+    UNDOING,
+    UNDONE,
+    WAITING,
+    AuditRecord,
+    BlockRecord,
+    SignalRecord,
+    TxRecord,
+)
+
+log = logging.getLogger("switchback.engine")
+
+SYSTEM_ACTOR = "switchback"
+
+
+class TransactionTimeout(Exception):
+    pass
+
+
+class Interrupted(Exception):
+    pass
+
+
+def request_fingerprint(request: Any) -> str:
+    """A stable hash of a request body, for idempotency keys."""
+    return hashlib.sha256(
+        json.dumps(request, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+
+
+class Engine:
+    """Runs scenarios of one app as durable transactions on one store.
+
+    Use as ``async with Engine(app, store) as engine:``; the engine opens and closes the store.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        store: Store,
+        *,
+        owner: str | None = None,
+        lease_seconds: float = 15.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.owner = owner or new_owner_id()
+        self.lease_seconds = lease_seconds
+        self.clock = clock
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._heartbeat: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def open(self) -> Engine:
+        await self.store.open()
+        self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="switchback-heartbeat")
+        return self
+
+    async def close(self, *, drain_timeout: float = 5.0) -> None:
+        """Let running transactions reach their next durable point (up to ``drain_timeout``), then
+        stop. Whatever is still running is simply left in doubt: the next start recovers it."""
+        pending = [t for t in self._tasks.values() if not t.done()]
+        if pending:
+            _done, still = await asyncio.wait(pending, timeout=drain_timeout)
+            for t in still:
+                t.cancel()
+            await asyncio.gather(*still, return_exceptions=True)
+        if self._heartbeat:
+            self._heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._heartbeat
+        await self.store.close()
+
+    async def __aenter__(self) -> Engine:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            if any(not t.done() for t in self._tasks.values()):
+                try:
+                    await self.store.heartbeat(self.owner, self.lease_seconds, self.clock())
+                except Exception:  # a missed heartbeat is survivable; log and try again
+                    log.exception("heartbeat failed")
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    def scenario(self, name: str) -> Scenario:
+        try:
+            return self.app.scenario(name)
+        except KeyError as exc:
+            raise UnknownScenario(str(exc.args[0])) from None
+
+    async def get(self, xid: str) -> TxRecord:
+        tx = await self.store.load(xid)
+        if tx is None:
+            raise UnknownTransaction(xid)
+        return tx
+
+    async def list(
+        self,
+        status: str | None = None,
+        scenario: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[TxRecord], str | None]:
+        return await self.store.list(status=status, scenario=scenario, limit=limit, cursor=cursor)
+
+    def is_running_here(self, xid: str) -> bool:
+        task = self._tasks.get(xid)
+        return task is not None and not task.done()
+
+    async def wait(self, xid: str, timeout: float | None = None) -> TxRecord:
+        """Wait until the transaction stops moving in this process (parked, waiting or final), or
+        until ``timeout``; then return its stored state."""
+        task = self._tasks.get(xid)
+        if task is not None and not task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+        return await self.get(xid)
+
+    # -- starting --------------------------------------------------------------------------------
+
+    async def start(
+        self,
+        scenario: str,
+        request: Any,
+        *,
+        actor: str = "api",
+        idempotency_key: str | None = None,
+    ) -> TxRecord:
+        """Validate the request, create the transaction durably (block 0 started) and drive it in
+        the background. With an idempotency key already used for the same request, return that
+        transaction instead and start nothing."""
+        sc = self.scenario(scenario)
+        violations = sc.validate_request(request)
+        if violations:
+            raise RequestInvalid(violations)
+        fingerprint = request_fingerprint(request) if idempotency_key else None
+        if idempotency_key:
+            existing = await self.store.find_by_idempotency_key(idempotency_key)
+            if existing:
+                return self._same_request(existing, idempotency_key, fingerprint)
+        now = self.clock()
+        xid = uuid.uuid4().hex
+        tx = TxRecord(
+            xid=xid,
+            scenario=sc.name,
+            status=RUNNING,
+            request=request,
+            created_at=now,
+            updated_at=now,
+            deadline=now + sc.transaction.timeout if sc.transaction.timeout else None,
+            idempotency_key=idempotency_key,
+            request_hash=fingerprint,
+            owner=self.owner,
+            lease_until=now + self.lease_seconds,
+            fence=1,
+        )
+        tx.blocks = [BlockRecord(xid=xid, index=i, name=b.name) for i, b in enumerate(sc.blocks)]
+        first = tx.blocks[0]
+        first.status, first.attempts, first.started_at = B_RUNNING, 1, now
+        audit = AuditRecord(xid=xid, at=now, actor=actor, action="start", input=request)
+        try:
+            await self.store.create(tx, tx.blocks, audit)
+        except DuplicateIdempotencyKey as dup:
+            return self._same_request(dup.existing, idempotency_key or "", fingerprint)
+        tx.audit.append(audit)
+        self._spawn(tx)
+        return tx
+
+    @staticmethod
+    def _same_request(existing: TxRecord, key: str, fingerprint: str | None) -> TxRecord:
+        if existing.request_hash != fingerprint:
+            raise IdempotencyConflict(key, existing.xid)
+        return existing
+
+    async def run(self, scenario: str, request: Any, **kwargs: Any) -> TxRecord:
+        """Start a transaction and wait until it completes or parks."""
+        tx = await self.start(scenario, request, **kwargs)
+        return await self.wait(tx.xid)
+
+    # -- decisions -------------------------------------------------------------------------------
+
+    async def rollforward(
+        self,
+        xid: str,
+        *,
+        actor: str,
+        reason: str | None = None,
+        request: Any = None,
+        from_block: str | None = None,
+        wait: bool = True,
+    ) -> TxRecord:
+        """Run a suspended transaction again from its failed block (or ``from_block``, an earlier
+        one), optionally with a corrected request that is validated again."""
+        tx = await self._claim(xid)
+        try:
+            if tx.status != SUSPENDED:
+                raise DecisionRefused(
+                    xid,
+                    f"rollforward applies to a suspended transaction; {xid} is {tx.status}",
+                    tx.status,
+                )
+            sc = self.scenario(tx.scenario)
+            start = tx.cursor
+            if from_block is not None:
+                try:
+                    start = sc.block_index(from_block)
+                except KeyError:
+                    names = ", ".join(b.name for b in sc.blocks)
+                    raise DecisionRefused(
+                        xid, f"unknown block {from_block!r} (blocks: {names})", tx.status
+                    ) from None
+                if start > tx.cursor:
+                    raise DecisionRefused(
+                        xid,
+                        f"can only roll forward from the failed block {tx.blocks[tx.cursor].name!r} or an earlier one",
+                        tx.status,
+                    )
+            if request is not None:
+                violations = sc.validate_request(request)
+                if violations:
+                    raise RequestInvalid(violations)
+        except BaseException:
+            await self._release(tx)
+            raise
+        now = self.clock()
+        changed = []
+        for b in tx.blocks[start : tx.cursor + 1]:
+            b.status, b.ended_at = PENDING, None
+            changed.append(b)
+        first = tx.blocks[start]
+        first.status, first.started_at, first.error = B_RUNNING, now, None
+        first.attempts += 1
+        if request is not None:
+            tx.request = request
+        tx.cursor, tx.status, tx.reason, tx.error = start, RUNNING, None, None
+        # A person decided just now: the transaction gets its full time budget again.
+        timeout = sc.transaction.timeout
+        tx.deadline = now + timeout if timeout else None
+        tx.updated_at = now
+        audit = AuditRecord(
+            xid=xid, at=now, actor=actor, action="rollforward", reason=reason,
+            input={"from": sc.blocks[start].name, "request": request},
+        )  # fmt: skip
+        await self._write(tx, changed, audit)
+        return await self._continue(tx, wait)
+
+    async def rollback(
+        self, xid: str, *, actor: str, reason: str | None = None, wait: bool = True
+    ) -> TxRecord:
+        """UNDO every block whose DO ran, newest first. Also retries a failed rollback."""
+        tx = await self._claim(xid)
+        if tx.status not in (SUSPENDED, WAITING, ROLLBACK_FAILED):
+            await self._release(tx)
+            raise DecisionRefused(
+                xid,
+                f"rollback applies to a suspended, waiting or rollback_failed transaction; {xid} is {tx.status}",
+                tx.status,
+            )
+        now = self.clock()
+        changed = []
+        if tx.status == WAITING:
+            b = tx.blocks[tx.cursor]
+            b.status, b.note, b.ended_at = PENDING, "wait cancelled by rollback", now
+            changed.append(b)
+        action = "retry_rollback" if tx.status == ROLLBACK_FAILED else "rollback"
+        tx.status, tx.updated_at = ROLLING_BACK, now
+        audit = AuditRecord(xid=xid, at=now, actor=actor, action=action, reason=reason)
+        await self._write(tx, changed, audit)
+        return await self._continue(tx, wait)
+
+    async def mark_compensated(
+        self, xid: str, *, actor: str, reason: str, wait: bool = True
+    ) -> TxRecord:
+        """Declare the failed UNDO done by hand; the rollback then goes on with older blocks."""
+        if not reason or not reason.strip():
+            raise DecisionRefused(xid, "marking a block compensated needs a reason")
+        tx = await self._claim(xid)
+        failed = next((b for b in reversed(tx.blocks) if b.status == UNDO_FAILED), None)
+        if tx.status != ROLLBACK_FAILED or failed is None:
+            await self._release(tx)
+            raise DecisionRefused(
+                xid,
+                f"mark compensated applies to a rollback_failed transaction; {xid} is {tx.status}",
+                tx.status,
+            )
+        now = self.clock()
+        failed.status, failed.ended_at = UNDONE, now
+        failed.note = f"compensated by {actor}: {reason}"
+        tx.status, tx.updated_at, tx.error = ROLLING_BACK, now, None
+        audit = AuditRecord(
+            xid=xid,
+            at=now,
+            actor=actor,
+            action="compensated",
+            reason=reason,
+            input={"block": failed.name},
+        )
+        await self._write(tx, [failed], audit)
+        return await self._continue(tx, wait)
+
+    async def signal(
+        self,
+        xid: str,
+        name: str,
+        payload: Any = None,
+        *,
+        actor: str,
+        reason: str | None = None,
+        wait: bool = True,
+    ) -> TxRecord:
+        """Deliver a durable signal; a transaction waiting for it resumes."""
+        tx = await self.get(xid)
+        sc = self.scenario(tx.scenario)
+        if not any(b.wait == name for b in sc.blocks):
+            raise DecisionRefused(
+                xid, f"scenario {sc.name!r} has no wait block for signal {name!r}", tx.status
+            )
+        if tx.status in (COMPLETED, ROLLED_BACK, ROLLING_BACK, ROLLBACK_FAILED):
+            raise DecisionRefused(
+                xid, f"signal {name!r} no longer applies: {xid} is {tx.status}", tx.status
+            )
+        now = self.clock()
+        await self.store.add_signal(
+            SignalRecord(xid=xid, name=name, payload=payload, at=now, actor=actor),
+            AuditRecord(
+                xid=xid,
+                at=now,
+                actor=actor,
+                action="signal",
+                reason=reason,
+                input={"signal": name, "payload": payload},
+            ),
+        )
+        if tx.status == WAITING and sc.blocks[tx.cursor].wait == name:
+            with contextlib.suppress(Busy):
+                tx = await self._claim(xid)
+                if tx.status == WAITING:
+                    tx.status = RUNNING
+                    await self._write(tx)
+                    return await self._continue(tx, wait)
+                await self._release(tx)
+        return await self.get(xid)
+
+    async def plan(self, xid: str) -> dict[str, Any]:
+        """A dry run: which DOs a rollforward and which UNDOs a rollback would run, in order, with
+        their inputs. Changes nothing."""
+        tx = await self.get(xid)
+        sc = self.scenario(tx.scenario)
+        forward: list[dict[str, Any]] = []
+        if tx.status in (SUSPENDED, WAITING):
+            for i in range(tx.cursor, len(sc.blocks)):
+                b = sc.blocks[i]
+                forward.append(
+                    {
+                        "block": b.name,
+                        "action": "wait" if b.is_wait else "do",
+                        "callable": b.do_ref,
+                        "signal": b.wait,
+                        "request": tx.request,
+                    }  # fmt: skip
+                )
+        backward: list[dict[str, Any]] = []
+        if tx.status in (SUSPENDED, WAITING, ROLLBACK_FAILED, ROLLING_BACK):
+            for i in self._undo_order(tx, sc):
+                b, rec = sc.blocks[i], tx.blocks[i]
+                backward.append(
+                    {
+                        "block": b.name,
+                        "action": "undo" if b.undo else "nothing (no undo defined)",
+                        "callable": b.undo_ref,
+                        "do_status": rec.status,
+                        "do_output": rec.output,
+                        "do_error": rec.error,
+                    }
+                )
+        return {
+            "xid": xid,
+            "status": tx.status,
+            "rollforward": forward if tx.status == SUSPENDED else [],
+            "rollback": backward if tx.status != ROLLING_BACK else backward,
+            "resume_after_signal": forward if tx.status == WAITING else [],
+        }
+
+    # -- recovery --------------------------------------------------------------------------------
+
+    async def recover(self) -> list[str]:
+        """Take over transactions whose owner is gone (crash, kill -9, expired lease), apply the
+        in-doubt rules and drive them on; resume waiting transactions whose signal arrived or whose
+        wait timed out. Returns the xids taken over. Safe to call from any number of processes."""
+        now = self.clock()
+        taken: list[str] = []
+        for xid in await self.store.orphans(now, ACTIVE):
+            if self.is_running_here(xid):
+                continue
+            try:
+                tx = await self._claim(xid)
+            except (Busy, UnknownTransaction):
+                continue
+            if tx.status not in ACTIVE:
+                await self._release(tx)
+                continue
+            taken.append(xid)
+            log.info("taking over transaction", extra={"xid": xid})
+            await self._resolve_in_doubt(tx)
+            self._spawn(tx)
+        for xid in await self.store.orphans(now, (WAITING,)):
+            tx = await self.get(xid)
+            sc = self.scenario(tx.scenario)
+            b, bdef = tx.blocks[tx.cursor], sc.blocks[tx.cursor]
+            signal = await self.store.pending_signal(xid, bdef.wait or "")
+            timed_out = bdef.timeout is not None and (b.started_at or 0) + bdef.timeout <= now
+            if signal or timed_out:
+                with contextlib.suppress(Busy):
+                    tx = await self._claim(xid)
+                    if tx.status == WAITING:
+                        tx.status = RUNNING
+                        await self._write(tx)
+                        self._spawn(tx)
+                        taken.append(xid)
+                    else:
+                        await self._release(tx)
+        return taken
+
+    async def sweep_forever(self, interval: float = 1.0) -> None:
+        """The transaction role: recover orphans and time out waits, forever."""
+        while True:
+            try:
+                await self.recover()
+            except Exception:
+                log.exception("recovery sweep failed")
+            await asyncio.sleep(interval)
+
+    async def _resolve_in_doubt(self, tx: TxRecord) -> None:
+        sc = self.scenario(tx.scenario)
+        now = self.clock()
+        if tx.status == RUNNING and tx.cursor < len(tx.blocks):
+            b, bdef = tx.blocks[tx.cursor], sc.blocks[tx.cursor]
+            if b.status != B_RUNNING or bdef.is_wait:
+                return
+            if bdef.idempotent:
+                b.attempts += 1
+                b.started_at = now
+                audit = AuditRecord(
+                    tx.xid,
+                    now,
+                    SYSTEM_ACTOR,
+                    "rerun_in_doubt",
+                    "block is idempotent",
+                    {"block": b.name},
+                )
+                await self._write(tx, [b], audit)
+                return
+            err = error_info(
+                Interrupted(
+                    "the process running this block stopped before the block finished; its effect is unknown"
+                )
+            )
+            b.status, b.error, b.ended_at = FAILED, err, now
+            tx.status, tx.reason, tx.error = SUSPENDED, "interrupted", err
+            audit = AuditRecord(
+                tx.xid,
+                now,
+                SYSTEM_ACTOR,
+                "park_in_doubt",
+                "block is not idempotent",
+                {"block": b.name},
+            )
+            await self._write(tx, [b], audit, release=True)
+        elif tx.status == ROLLING_BACK:
+            order = self._undo_order(tx, sc)
+            if not order:
+                return
+            b, bdef = tx.blocks[order[0]], sc.blocks[order[0]]
+            if b.status != UNDOING:
+                return
+            if bdef.rerun_undo_when_in_doubt:
+                b.undo_attempts += 1
+                audit = AuditRecord(
+                    tx.xid,
+                    now,
+                    SYSTEM_ACTOR,
+                    "rerun_in_doubt",
+                    "undo is idempotent",
+                    {"block": b.name},
+                )
+                await self._write(tx, [b], audit)
+                return
+            err = error_info(
+                Interrupted(
+                    "the process running this UNDO stopped before it finished; its effect is unknown"
+                )
+            )
+            b.status, b.undo_error = UNDO_FAILED, err
+            tx.status, tx.reason, tx.error = ROLLBACK_FAILED, "interrupted", err
+            audit = AuditRecord(
+                tx.xid,
+                now,
+                SYSTEM_ACTOR,
+                "park_in_doubt",
+                "undo is not idempotent",
+                {"block": b.name},
+            )
+            await self._write(tx, [b], audit, release=True)
+
+    # -- ownership -------------------------------------------------------------------------------
+
+    async def _claim(self, xid: str) -> TxRecord:
+        if self.is_running_here(xid):
+            tx = await self.get(xid)
+            raise Busy(
+                xid,
+                f"transaction {xid} is {tx.status} in this process; wait until it parks",
+                tx.status,
+            )
+        tx = await self.store.claim(xid, self.owner, self.lease_seconds, self.clock())
+        if tx is None:
+            current = await self.store.load(xid)
+            if current is None:
+                raise UnknownTransaction(xid)
+            raise Busy(
+                xid,
+                f"transaction {xid} is {current.status} and owned by {current.owner}",
+                current.status,
+            )
+        return tx
+
+    async def _release(self, tx: TxRecord) -> None:
+        tx.owner = tx.lease_until = None
+        await self.store.write(tx)
+
+    async def _write(
+        self,
+        tx: TxRecord,
+        blocks: list[BlockRecord] | tuple[()] = (),
+        audit: AuditRecord | None = None,
+        *,
+        release: bool = False,
+        consume_signal: int | None = None,
+    ) -> None:
+        tx.updated_at = self.clock()
+        if release:
+            tx.owner = tx.lease_until = None
+        await self.store.write(tx, blocks, audit, consume_signal)
+        if audit:
+            tx.audit.append(audit)
+
+    async def _continue(self, tx: TxRecord, wait: bool) -> TxRecord:
+        if tx.status in ACTIVE:
+            self._spawn(tx)
+            if wait:
+                return await self.wait(tx.xid)
+        return tx
+
+    # -- driving ---------------------------------------------------------------------------------
+
+    def _spawn(self, tx: TxRecord) -> None:
+        self._tasks[tx.xid] = asyncio.create_task(self._drive(tx), name=f"tx-{tx.xid}")
+        # Forget finished tasks so the dict does not grow without bound.
+        for xid in [x for x, t in self._tasks.items() if t.done()]:
+            del self._tasks[xid]
+
+    async def _drive(self, tx: TxRecord) -> None:
+        try:
+            sc = self.scenario(tx.scenario)
+            while True:
+                if tx.status == RUNNING:
+                    await self._forward_step(tx, sc)
+                elif tx.status == ROLLING_BACK:
+                    await self._undo_step(tx, sc)
+                else:
+                    return
+        except FencedOut:
+            log.warning(
+                "lost ownership; another worker took the transaction over", extra={"xid": tx.xid}
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A bug or a store failure, not a block failure: leave the transaction as stored and
+            # give up ownership so a recovery sweep can pick it up under the in-doubt rules.
+            log.exception("driver failed", extra={"xid": tx.xid})
+            with contextlib.suppress(Exception):
+                await self._release(tx)
+
+    async def _call(self, fn: Callable[..., Any], ctx: BlockContext, timeout: float | None) -> Any:
+        if inspect.iscoroutinefunction(fn):
+            aw = fn(ctx)
+        else:
+            # Blocking code (boto3, ncclient, ...) runs in a thread so the loop stays responsive.
+            aw = asyncio.to_thread(fn, ctx)
+        try:
+            result = await asyncio.wait_for(aw, timeout) if timeout is not None else await aw
+        except TimeoutError:
+            raise TimeoutError(
+                f"{ctx.phase} of block {ctx.block!r} timed out after {timeout:.3g} s"
+            ) from None
+        if inspect.isawaitable(result):
+            result = await result
+        try:
+            json.dumps(result)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"block {ctx.block!r} returned a value that is not JSON-serialisable: {exc}"
+            ) from None
+        return result
+
+    async def _attempts(
+        self, tx: TxRecord, sc: Scenario, bdef: Block, rec: BlockRecord, phase: str
+    ) -> tuple[bool, Any, dict[str, Any] | None]:
+        """Run a DO or UNDO with its retry policy. Each retry is made durable before it runs."""
+        fn = bdef.do if phase == "do" else bdef.undo
+        assert fn is not None
+        while True:
+            attempt = rec.attempts if phase == "do" else rec.undo_attempts
+            timeout = bdef.timeout
+            if phase == "do" and tx.deadline is not None:
+                remaining = tx.deadline - self.clock()
+                if remaining <= 0:
+                    return (
+                        False,
+                        None,
+                        error_info(TransactionTimeout("transaction timeout reached")),
+                    )
+                timeout = remaining if timeout is None else min(timeout, remaining)
+            ctx = BlockContext(
+                xid=tx.xid, scenario=sc.name, block=bdef.name, attempt=attempt, request=tx.request,
+                outputs={b.name: b.output for b in tx.blocks[: rec.index] if b.status == DONE},
+                output=rec.output if phase == "undo" else None,
+                error=rec.error if phase == "undo" else None,
+                phase=phase,
+            )  # fmt: skip
+            try:
+                return True, await self._call(fn, ctx, timeout), None
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                err = error_info(exc, traceback.format_exc(limit=20))
+            if (
+                phase == "do"
+                and tx.deadline is not None
+                and self.clock() >= tx.deadline
+                and isinstance(exc, TimeoutError)
+            ):
+                return (
+                    False,
+                    None,
+                    error_info(
+                        TransactionTimeout(f"transaction timeout reached while {bdef.name!r} ran")
+                    ),
+                )
+            if attempt >= bdef.retry.attempts:
+                return False, None, err
+            await asyncio.sleep(bdef.retry.delay(attempt))
+            if phase == "do":
+                rec.attempts += 1
+                rec.error = err
+            else:
+                rec.undo_attempts += 1
+                rec.undo_error = err
+            await self._write(tx, [rec])
+
+    async def _forward_step(self, tx: TxRecord, sc: Scenario) -> None:
+        i = tx.cursor
+        rec, bdef = tx.blocks[i], sc.blocks[i]
+        consume: int | None = None
+        if bdef.is_wait:
+            signal = await self.store.pending_signal(tx.xid, bdef.wait or "")
+            now = self.clock()
+            if signal is not None:
+                ok, out, err = (
+                    True,
+                    {"signal": signal.name, "payload": signal.payload, "actor": signal.actor},
+                    None,
+                )
+                consume = signal.id
+            elif bdef.timeout is not None and (rec.started_at or now) + bdef.timeout <= now:
+                ok, out, err = (
+                    False,
+                    None,
+                    error_info(TimeoutError(f"no signal {bdef.wait!r} within {bdef.timeout:g} s")),
+                )
+            else:
+                tx.status = WAITING
+                await self._write(tx, release=True)
+                return
+        else:
+            ok, out, err = await self._attempts(tx, sc, bdef, rec, "do")
+        now = self.clock()
+        if ok:
+            rec.status, rec.output, rec.error, rec.ended_at = DONE, out, None, now
+            changed = [rec]
+            nxt = i + 1
+            if nxt >= len(tx.blocks):
+                tx.status = COMPLETED
+                name = sc.result_block
+                tx.result = next((b.output for b in tx.blocks if b.name == name), None)
+                await self._write(tx, changed, release=True, consume_signal=consume)
+                return
+            tx.cursor = nxt
+            if tx.deadline is not None and now >= tx.deadline:
+                # Out of time between blocks: park before the next DO starts, so nothing is in doubt.
+                tx.status, tx.reason = SUSPENDED, "timeout"
+                tx.error = error_info(
+                    TransactionTimeout(
+                        f"transaction timeout reached before block {tx.blocks[nxt].name!r}"
+                    )
+                )
+                if sc.transaction.on_failure == "rollback":
+                    tx.status = ROLLING_BACK
+                    audit = AuditRecord(
+                        tx.xid, now, "policy", "rollback", "on_failure: rollback (timeout)"
+                    )
+                    await self._write(tx, changed, audit, consume_signal=consume)
+                else:
+                    await self._write(tx, changed, release=True, consume_signal=consume)
+                return
+            nb = tx.blocks[nxt]
+            nb.status, nb.started_at, nb.ended_at, nb.error = B_RUNNING, now, None, None
+            nb.attempts += 1
+            changed.append(nb)
+            await self._write(tx, changed, consume_signal=consume)
+            return
+        rec.status, rec.error, rec.ended_at = FAILED, err, now
+        tx.error = err
+        tx.reason = "timeout" if err and err["type"] == "TransactionTimeout" else "failed"
+        if sc.transaction.on_failure == "rollback":
+            tx.status = ROLLING_BACK
+            audit = AuditRecord(
+                tx.xid, now, "policy", "rollback", f"on_failure: rollback ({rec.name} failed)"
+            )
+            await self._write(tx, [rec], audit)
+        else:
+            tx.status = SUSPENDED
+            await self._write(tx, [rec], release=True)
+
+    @staticmethod
+    def _undo_order(tx: TxRecord, sc: Scenario) -> list[int]:
+        """Indexes of the blocks a rollback still has to undo, newest first."""
+        order = []
+        for i in range(len(tx.blocks) - 1, -1, -1):
+            rec, bdef = tx.blocks[i], sc.blocks[i]
+            if rec.status in (DONE, UNDOING, UNDO_FAILED):
+                order.append(i)
+            elif (
+                rec.status == FAILED
+                and rec.attempts > 0
+                and bdef.partial_effects
+                and not bdef.is_wait
+            ):
+                order.append(i)
+        return order
+
+    async def _undo_step(self, tx: TxRecord, sc: Scenario) -> None:
+        order = self._undo_order(tx, sc)
+        now = self.clock()
+        if not order:
+            tx.status = ROLLED_BACK
+            await self._write(tx, release=True)
+            return
+        rec, bdef = tx.blocks[order[0]], sc.blocks[order[0]]
+        if rec.status != UNDOING:
+            if bdef.undo is None:
+                rec.status, rec.ended_at = UNDONE, now
+                rec.note = "wait block: nothing to undo" if bdef.is_wait else "no undo defined"
+                await self._write(tx, [rec])
+                return
+            rec.status = UNDOING
+            rec.undo_attempts += 1
+            await self._write(tx, [rec])  # the UNDO's start is durable before it runs
+        ok, out, err = await self._attempts(tx, sc, bdef, rec, "undo")
+        now = self.clock()
+        if ok:
+            rec.status, rec.undo_output, rec.undo_error, rec.ended_at = UNDONE, out, None, now
+            await self._write(tx, [rec])
+            return
+        rec.status, rec.undo_error = UNDO_FAILED, err
+        tx.status, tx.reason, tx.error = ROLLBACK_FAILED, "undo_failed", err
+        await self._write(tx, [rec], release=True)

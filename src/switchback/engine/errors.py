@@ -1,0 +1,57 @@
+"""Errors the engine raises to its callers (the CLI and the gateway map them to exit codes and
+HTTP statuses)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class EngineError(Exception):
+    pass
+
+
+class UnknownTransaction(EngineError):
+    def __init__(self, xid: str) -> None:
+        self.xid = xid
+        super().__init__(f"unknown transaction {xid!r}")
+
+
+class UnknownScenario(EngineError):
+    pass
+
+
+class RequestInvalid(EngineError):
+    """The request does not match the scenario's schema; ``violations`` lists every problem."""
+
+    def __init__(self, violations: list[dict[str, str]]) -> None:
+        self.violations = violations
+        lines = "; ".join(f"{v['path']}: {v['message']}" for v in violations)
+        super().__init__(f"request does not match the schema: {lines}")
+
+
+class DecisionRefused(EngineError):
+    """A decision that does not apply to the transaction's current status (HTTP 409)."""
+
+    def __init__(self, xid: str, message: str, status: str | None = None) -> None:
+        self.xid = xid
+        self.status = status
+        super().__init__(message)
+
+
+class Busy(DecisionRefused):
+    """Another process owns the transaction right now."""
+
+
+class IdempotencyConflict(EngineError):
+    """The same idempotency key was used with a different request."""
+
+    def __init__(self, key: str, xid: str) -> None:
+        self.key = key
+        self.xid = xid
+        super().__init__(
+            f"idempotency key {key!r} was already used with a different request (transaction {xid})"
+        )
+
+
+def error_info(exc: BaseException, tb: str | None = None) -> dict[str, Any]:
+    return {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__, "traceback": tb}

@@ -1,0 +1,144 @@
+"""The one interface every store implements. The engine only ever talks to this."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from typing import Any
+
+from switchback.store.records import AuditRecord, BlockRecord, SignalRecord, TxRecord
+
+
+class StoreError(Exception):
+    pass
+
+
+class FencedOut(StoreError):
+    """A write carried a stale fencing token: another owner has taken the transaction over."""
+
+
+class DuplicateIdempotencyKey(StoreError):
+    def __init__(self, existing: TxRecord) -> None:
+        self.existing = existing
+        super().__init__(f"idempotency key already used by {existing.xid}")
+
+
+class Store(abc.ABC):
+    """Persistence of transactions, blocks, audit records and signals.
+
+    Every method that changes state commits durably before it returns, in exactly one database
+    transaction, so that "block k done + block k+1 started" is one write.
+    """
+
+    url: str
+
+    @abc.abstractmethod
+    async def open(self) -> None: ...
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+    @abc.abstractmethod
+    async def create(
+        self, tx: TxRecord, blocks: Sequence[BlockRecord], audit: AuditRecord | None = None
+    ) -> None:
+        """Insert a new transaction with its blocks. Raises DuplicateIdempotencyKey."""
+
+    @abc.abstractmethod
+    async def write(
+        self,
+        tx: TxRecord,
+        blocks: Sequence[BlockRecord] = (),
+        audit: AuditRecord | None = None,
+        consume_signal: int | None = None,
+    ) -> None:
+        """Update the transaction row and the given block rows, append the audit record and mark
+        a signal consumed — all in one commit, only if ``tx.fence`` is still the stored one
+        (else FencedOut)."""
+
+    @abc.abstractmethod
+    async def load(self, xid: str) -> TxRecord | None:
+        """The transaction with its blocks (by index) and audit trail, or None."""
+
+    @abc.abstractmethod
+    async def list(
+        self,
+        status: str | None = None,
+        scenario: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[list[TxRecord], str | None]:
+        """Newest first, without blocks/audit; returns the page and the next cursor."""
+
+    @abc.abstractmethod
+    async def find_by_idempotency_key(self, key: str) -> TxRecord | None: ...
+
+    @abc.abstractmethod
+    async def claim(
+        self, xid: str, owner: str, lease_seconds: float, now: float
+    ) -> TxRecord | None:
+        """Take ownership if the transaction is unowned, owned by us, or its owner's lease has
+        expired (or its owner process is known dead). Bumps the fencing token. Returns the loaded
+        transaction, or None if someone else holds it."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, owner: str, lease_seconds: float, now: float) -> int:
+        """Extend the lease of every transaction this owner holds; returns how many."""
+
+    @abc.abstractmethod
+    async def orphans(self, now: float, statuses: Sequence[str]) -> list[str]:
+        """xids in the given statuses whose owner is gone (no owner, lease expired, or dead)."""
+
+    @abc.abstractmethod
+    async def add_signal(self, signal: SignalRecord, audit: AuditRecord) -> int: ...
+
+    @abc.abstractmethod
+    async def pending_signal(self, xid: str, name: str) -> SignalRecord | None:
+        """The oldest unconsumed signal of that name for the transaction."""
+
+    @abc.abstractmethod
+    async def get_meta(self, key: str) -> Any: ...
+
+    @abc.abstractmethod
+    async def set_meta(self, key: str, value: Any) -> None: ...
+
+
+def new_owner_id() -> str:
+    """An owner id that says where the owner runs: ``host:pid:random``."""
+    import os
+    import secrets
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def owner_is_dead(owner: str | None) -> bool:
+    """True only when the owner is a process on this host that no longer exists.
+
+    Lets a restarted process on the same machine take over at once after a ``kill -9`` instead of
+    waiting for the lease to expire; for owners elsewhere only the lease counts.
+    """
+    import os
+    import socket
+
+    if not owner:
+        return True
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    # A zombie (killed, not yet reaped by its parent) is dead too.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False

@@ -410,7 +410,7 @@ class Engine:
                         "callable": b.do_ref,
                         "signal": b.wait,
                         "request": tx.request,
-                    }  # fmt: skip
+                    }
                 )
         backward: list[dict[str, Any]] = []
         if tx.status in (SUSPENDED, WAITING, ROLLBACK_FAILED, ROLLING_BACK):
@@ -430,7 +430,7 @@ class Engine:
             "xid": xid,
             "status": tx.status,
             "rollforward": forward if tx.status == SUSPENDED else [],
-            "rollback": backward if tx.status != ROLLING_BACK else backward,
+            "rollback": backward,
             "resume_after_signal": forward if tx.status == WAITING else [],
         }
 
@@ -688,11 +688,12 @@ class Engine:
                 raise
             except Exception as exc:
                 err = error_info(exc, traceback.format_exc(limit=20))
+                timed_out = isinstance(exc, TimeoutError)
             if (
                 phase == "do"
+                and timed_out
                 and tx.deadline is not None
                 and self.clock() >= tx.deadline
-                and isinstance(exc, TimeoutError)
             ):
                 return (
                     False,

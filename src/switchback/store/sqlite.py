@@ -225,7 +225,7 @@ class SQLiteStore(Store):
                             tx.owner,
                             tx.lease_until,
                             tx.fence,
-                        ),  # fmt: skip
+                        ),
                     )
                 except sqlite3.IntegrityError:
                     if tx.idempotency_key:
@@ -377,7 +377,7 @@ class SQLiteStore(Store):
                     undo_output=_load(r[10]),
                     undo_error=_load(r[11]),
                     note=r[12],
-                )  # fmt: skip
+                )
             )
         for r in db.execute(
             "SELECT id, xid, at, actor, action, reason, input FROM audit WHERE xid=? ORDER BY id",

@@ -1,7 +1,7 @@
 """The transaction state machine, executor, decisions, ownership and recovery."""
 
 from switchback.engine.context import BlockContext
-from switchback.engine.engine import Engine, request_fingerprint
+from switchback.engine.engine import Engine, EngineObserver, request_fingerprint
 from switchback.engine.errors import (
     Busy,
     DecisionRefused,
@@ -18,6 +18,7 @@ __all__ = [
     "DecisionRefused",
     "Engine",
     "EngineError",
+    "EngineObserver",
     "IdempotencyConflict",
     "RequestInvalid",
     "UnknownScenario",

@@ -73,6 +73,19 @@ def request_fingerprint(request: Any) -> str:
     ).hexdigest()
 
 
+class EngineObserver:
+    """Hooks for metrics and logs (the gateway's Prometheus counters implement this). Every method
+    is called on the event loop and must not block; the defaults do nothing."""
+
+    def block_finished(
+        self, tx: TxRecord, block: str, phase: str, ok: bool, seconds: float
+    ) -> None:
+        """A DO or UNDO attempt ended (``phase`` is "do" or "undo")."""
+
+    def transaction_changed(self, tx: TxRecord) -> None:
+        """The transaction was written with a new status or position."""
+
+
 class Engine:
     """Runs scenarios of one app as durable transactions on one store.
 
@@ -87,8 +100,10 @@ class Engine:
         owner: str | None = None,
         lease_seconds: float = 15.0,
         clock: Callable[[], float] = time.time,
+        observers: list[EngineObserver] | None = None,
     ) -> None:
         self.app = app
+        self.observers = list(observers or [])
         self.store = store
         self.owner = owner or new_owner_id()
         self.lease_seconds = lease_seconds
@@ -216,6 +231,8 @@ class Engine:
         except DuplicateIdempotencyKey as dup:
             return self._same_request(dup.existing, idempotency_key or "", fingerprint)
         tx.audit.append(audit)
+        for o in self.observers:
+            o.transaction_changed(tx)
         self._spawn(tx)
         return tx
 
@@ -596,6 +613,8 @@ class Engine:
         await self.store.write(tx, blocks, audit, consume_signal)
         if audit:
             tx.audit.append(audit)
+        for o in self.observers:
+            o.transaction_changed(tx)
 
     async def _continue(self, tx: TxRecord, wait: bool) -> TxRecord:
         if tx.status in ACTIVE:
@@ -682,13 +701,19 @@ class Engine:
                 error=rec.error if phase == "undo" else None,
                 phase=phase,
             )  # fmt: skip
+            began = time.perf_counter()
             try:
-                return True, await self._call(fn, ctx, timeout), None
+                result = await self._call(fn, ctx, timeout)
+                for o in self.observers:
+                    o.block_finished(tx, bdef.name, phase, True, time.perf_counter() - began)
+                return True, result, None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 err = error_info(exc, traceback.format_exc(limit=20))
                 timed_out = isinstance(exc, TimeoutError)
+            for o in self.observers:
+                o.block_finished(tx, bdef.name, phase, False, time.perf_counter() - began)
             if (
                 phase == "do"
                 and timed_out

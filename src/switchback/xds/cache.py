@@ -1,0 +1,251 @@
+"""What to serve: versioned snapshots per node, node registry and ACK/NACK status.
+
+The cache knows nothing about gRPC. The ADS server (`server.py`) reads snapshots from it,
+reports what each node has ACKed or NACKed, and is woken when a node's snapshot changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+
+# The order in which an ADS server pushes types: clusters and their endpoints before the
+# listeners and routes that use them (make-before-break).
+PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
+# "Wildcard" types: each response carries the full set; a missing name means "delete".
+WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
+SHORT_NAMES = {CLUSTER: "cds", ENDPOINT: "eds", LISTENER: "lds", ROUTE: "rds"}
+
+
+@dataclass(frozen=True, slots=True)
+class Resource:
+    """One named xDS resource, packed once, with a digest to compare content cheaply."""
+
+    name: str
+    any: any_pb2.Any
+    digest: bytes
+    refs: frozenset[str] = frozenset()  # cluster names this resource routes to
+
+    @classmethod
+    def pack(cls, name: str, msg: Message, refs: Iterable[str] = ()) -> Resource:
+        packed = any_pb2.Any()
+        packed.Pack(msg)
+        # Deterministic serialisation, so equal content gives equal digests across builds.
+        raw = msg.SerializeToString(deterministic=True)
+        return cls(name, packed, hashlib.blake2b(raw, digest_size=16).digest(), frozenset(refs))
+
+
+Resources = Mapping[str, Resource]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The complete desired config of one node at one version."""
+
+    version: int
+    resources: Mapping[str, Resources]
+
+    def of(self, type_url: str) -> Resources:
+        return self.resources.get(type_url, {})
+
+    def same_content(self, other: Snapshot | None) -> bool:
+        if other is None:
+            return False
+        for t in PUSH_ORDER:
+            a, b = self.of(t), other.of(t)
+            if a.keys() != b.keys() or any(a[n].digest != b[n].digest for n in a):
+                return False
+        return True
+
+    def with_version(self, version: int) -> Snapshot:
+        return Snapshot(version, self.resources)
+
+
+@dataclass(slots=True)
+class Nack:
+    type: str
+    version: int  # snapshot version of the rejected response
+    error: str
+    at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "type": SHORT_NAMES.get(self.type, self.type),
+            "version": self.version,
+            "error": self.error,
+            "at": self.at,
+        }
+
+
+@dataclass(slots=True)
+class TypeStatus:
+    sent_version: int | None = None
+    acked_version: int | None = None
+    pending: bool = False  # a response awaits ACK/NACK
+
+
+@dataclass(slots=True)
+class NodeStatus:
+    """What the control plane knows about one node (kept after it disconnects)."""
+
+    id: str
+    cluster: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+    streams: int = 0
+    peer: str = ""
+    connected_at: float | None = None
+    disconnected_at: float | None = None
+    # Highest snapshot version whose complete content the node has ACKed (all types).
+    acked_version: int | None = None
+    acked_at: float | None = None
+    types: dict[str, TypeStatus] = field(default_factory=dict)
+    last_nack: Nack | None = None
+    nacks: int = 0
+
+    @property
+    def connected(self) -> bool:
+        return self.streams > 0
+
+    def labels(self) -> dict[str, Any]:
+        """What selectors match on: metadata plus `id` and `cluster`."""
+        return {**self.metadata, "id": self.id, "cluster": self.cluster}
+
+    def type_status(self, type_url: str) -> TypeStatus:
+        ts = self.types.get(type_url)
+        if ts is None:
+            ts = self.types[type_url] = TypeStatus()
+        return ts
+
+
+Selector = Mapping[str, Any]
+
+
+def _intify(v: Any) -> Any:
+    """protobuf Struct carries every number as a double; ports read better as ints."""
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, dict):
+        return {k: _intify(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_intify(x) for x in v]
+    return v
+
+
+def matches(selector: Selector | None, labels: Mapping[str, Any]) -> bool:
+    """Every key must equal the label (a list/tuple/set value means any of)."""
+    if not selector:
+        return True
+    for key, want in selector.items():
+        have = labels.get(key)
+        if isinstance(want, list | tuple | set | frozenset):
+            if str(have) not in {str(w) for w in want}:
+                return False
+        elif have is None or str(have) != str(want):
+            return False
+    return True
+
+
+class SnapshotCache:
+    """Snapshots per node id, node status, and change notification."""
+
+    def __init__(self) -> None:
+        self._snapshots: dict[str, Snapshot] = {}
+        self._status: dict[str, NodeStatus] = {}
+        self._watchers: dict[str, set[Callable[[], None]]] = {}
+        self._changed = asyncio.Event()
+        # Called when a node first shows up without a snapshot, so the owner can build one.
+        self.on_new_node: Callable[[NodeStatus], None] | None = None
+
+    # --- snapshots -------------------------------------------------------------------
+    def snapshot(self, node_id: str) -> Snapshot | None:
+        return self._snapshots.get(node_id)
+
+    def set_snapshot(self, node_id: str, snap: Snapshot) -> None:
+        old = self._snapshots.get(node_id)
+        if old is not None and snap.version < old.version:
+            raise ValueError(
+                f"version would go backwards for {node_id}: {old.version} -> {snap.version}"
+            )
+        self._snapshots[node_id] = snap
+        for wake in tuple(self._watchers.get(node_id, ())):
+            wake()
+        self.notify()
+
+    def clear_snapshot(self, node_id: str) -> None:
+        self._snapshots.pop(node_id, None)
+
+    def watch(self, node_id: str, wake: Callable[[], None]) -> Callable[[], None]:
+        """Call `wake` whenever the node's snapshot changes; returns the cancel function."""
+        self._watchers.setdefault(node_id, set()).add(wake)
+
+        def cancel() -> None:
+            ws = self._watchers.get(node_id)
+            if ws is not None:
+                ws.discard(wake)
+                if not ws:
+                    del self._watchers[node_id]
+
+        return cancel
+
+    # --- nodes -----------------------------------------------------------------------
+    def node_connected(
+        self, node_id: str, cluster: str, metadata: dict[str, Any], peer: str
+    ) -> NodeStatus:
+        st = self._status.get(node_id)
+        if st is None:
+            st = self._status[node_id] = NodeStatus(node_id)
+        st.cluster, st.metadata, st.peer = cluster, _intify(metadata), peer
+        st.streams += 1
+        st.connected_at = time.time()
+        # A fresh stream starts with nothing sent: per-type state restarts.
+        st.types.clear()
+        if node_id not in self._snapshots and self.on_new_node is not None:
+            self.on_new_node(st)
+        self.notify()
+        return st
+
+    def node_disconnected(self, node_id: str) -> None:
+        st = self._status.get(node_id)
+        if st is not None:
+            st.streams = max(0, st.streams - 1)
+            if st.streams == 0:
+                st.disconnected_at = time.time()
+                for ts in st.types.values():
+                    ts.pending = False
+        self.notify()
+
+    def forget(self, node_id: str) -> None:
+        self._status.pop(node_id, None)
+        self._snapshots.pop(node_id, None)
+        self.notify()
+
+    def status(self, node_id: str) -> NodeStatus | None:
+        return self._status.get(node_id)
+
+    def statuses(self, selector: Selector | None = None) -> list[NodeStatus]:
+        return [s for s in self._status.values() if matches(selector, s.labels())]
+
+    # --- change notification -----------------------------------------------------------
+    def notify(self) -> None:
+        """Wake everyone in `wait_change` (status or snapshot moved)."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_change(self, timeout: float) -> None:
+        ev = self._changed
+        try:
+            await asyncio.wait_for(ev.wait(), timeout)
+        except TimeoutError:
+            pass

@@ -1,0 +1,254 @@
+"""`ControlPlane`: the Python API the release controller (and the admin HTTP app) calls.
+
+    cp = ControlPlane(state_file="state/xds.json")
+    await cp.start(port=18000)
+    v = await cp.set_endpoints("apigw-new", [("127.0.0.1", 21001)])
+    v = await cp.set_redirect({"role": "apigw", "version": "current"}, "apigw-new")
+    report = await cp.wait_acked({"role": "apigw", "version": "current"}, v, timeout=5)
+    assert report.ok, report
+
+Selectors are dicts matched against a node's labels: its bootstrap metadata (kind, role,
+version, environment, ...) plus `id` and `cluster`; a list value means "any of".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc
+
+from switchback.xds.cache import SHORT_NAMES, NodeStatus, Selector, SnapshotCache, matches
+from switchback.xds.resources import NodeSpec, build_snapshot, validate_endpoints
+from switchback.xds.server import AdsServicer
+from switchback.xds.state import StateStore
+
+
+@dataclass
+class AckReport:
+    """Outcome of `wait_acked`: who has the config, who refused it, who is gone."""
+
+    version: int | None
+    acked: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    nacked: dict[str, str] = field(default_factory=dict)
+    disconnected: list[str] = field(default_factory=list)
+    timed_out: bool = False
+    elapsed: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.pending or self.nacked or self.disconnected)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def node_view(st: NodeStatus, snapshot_version: int | None) -> dict[str, Any]:
+    return {
+        "id": st.id,
+        "cluster": st.cluster,
+        "metadata": st.metadata,
+        "connected": st.connected,
+        "peer": st.peer,
+        "connected_at": st.connected_at,
+        "disconnected_at": st.disconnected_at,
+        "version": snapshot_version,
+        "acked_version": st.acked_version,
+        "in_sync": snapshot_version is not None and st.acked_version == snapshot_version,
+        "types": {
+            SHORT_NAMES.get(t, t): {
+                "sent": ts.sent_version,
+                "acked": ts.acked_version,
+                "pending": ts.pending,
+            }
+            for t, ts in st.types.items()
+        },
+        "last_nack": st.last_nack.as_dict() if st.last_nack else None,
+        "nacks": st.nacks,
+    }
+
+
+class ControlPlane:
+    """Our xDS control plane: intent in, versioned snapshots per node out, over ADS."""
+
+    def __init__(self, state_file: str | os.PathLike[str] | None = None) -> None:
+        self.cache = SnapshotCache()
+        self.cache.on_new_node = self._on_new_node
+        self.state = StateStore(state_file)
+        self._specs: dict[str, NodeSpec] = {}
+        self._registered: dict[str, NodeSpec] = {}
+        self._server: grpc.aio.Server | None = None
+        self.port: int | None = None
+        self._lock = asyncio.Lock()
+
+    # --- lifecycle -----------------------------------------------------------------------
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Serve ADS on host:port (0 = pick a free port); returns the bound port."""
+        server = grpc.aio.server(
+            options=[
+                # Envoy keeps one long-lived stream; answer its keepalive pings.
+                ("grpc.keepalive_permit_without_calls", 1),
+                ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+                ("grpc.max_concurrent_streams", 100_000),
+            ]
+        )
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
+            AdsServicer(self.cache, self._version_seen), server
+        )
+        self.port = server.add_insecure_port(f"{host}:{port}")
+        await server.start()
+        self._server = server
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self._server is not None:
+            await self._server.stop(grace)
+            self._server = None
+
+    # --- nodes ---------------------------------------------------------------------------
+    def register_node(self, node_id: str, spec: NodeSpec) -> None:
+        """Declare a node's spec by API; otherwise it comes from its bootstrap metadata."""
+        self._registered[node_id] = spec
+        self._specs[node_id] = spec
+        self._rebuild([node_id], self.state.version)
+
+    def _on_new_node(self, st: NodeStatus) -> None:
+        spec = self._registered.get(st.id) or NodeSpec.from_metadata(st.metadata)
+        self._specs[st.id] = spec
+        self._rebuild([st.id], self.state.version)
+
+    def _version_seen(self, node_id: str, seen: int) -> None:
+        self.state.ensure_above(seen)
+        snap = self.cache.snapshot(node_id)
+        if snap is not None and snap.version <= seen:
+            self.cache.set_snapshot(node_id, snap.with_version(self.state.version))
+
+    def _labels(self, node_id: str) -> dict[str, Any]:
+        st = self.cache.status(node_id)
+        if st is not None:
+            return st.labels()
+        return {**self._specs[node_id].labels, "id": node_id}
+
+    def _redirect_for(self, node_id: str) -> str | None:
+        labels = self._labels(node_id)
+        target: str | None = None
+        for selector, tgt in self.state.intent.redirects:
+            if matches(selector, labels):
+                target = tgt
+        return target
+
+    def _rebuild(self, node_ids: Iterable[str], version: int) -> list[str]:
+        """Rebuild snapshots; only nodes whose content changed get `version`."""
+        changed = []
+        for node_id in node_ids:
+            spec = self._specs.get(node_id)
+            if spec is None:
+                continue
+            snap = build_snapshot(
+                node_id, spec, version, self._redirect_for(node_id), self.state.intent
+            )
+            old = self.cache.snapshot(node_id)
+            if not snap.same_content(old):
+                self.cache.set_snapshot(node_id, snap)
+                changed.append(node_id)
+        return changed
+
+    async def _apply(self) -> int:
+        """Persist the intent with a fresh version, then push to every node it changes."""
+        version = self.state.next_version()
+        self.state.save()
+        self._rebuild(list(self._specs), version)
+        return version
+
+    # --- the API -------------------------------------------------------------------------
+    async def set_redirect(self, selector: Selector, target_service: str) -> int:
+        """Route every request arriving at the selected sidecars to `svc:<target_service>`.
+
+        Returns the version to pass to `wait_acked`."""
+        if not target_service:
+            raise ValueError("target_service is required")
+        return await self._set_rule(selector, target_service)
+
+    async def clear_redirect(self, selector: Selector) -> int:
+        """Send traffic of the selected sidecars back to their local app."""
+        return await self._set_rule(selector, None)
+
+    async def _set_rule(self, selector: Selector, target: str | None) -> int:
+        async with self._lock:
+            sel = dict(selector)
+            rules = [(s, t) for s, t in self.state.intent.redirects if s != sel]
+            # Clearing everything for a selector that no longer narrows anything: drop it.
+            if target is not None or rules:
+                rules.append((sel, target))
+            self.state.intent.redirects = rules
+            return await self._apply()
+
+    async def set_endpoints(self, service: str, endpoints: Sequence[Sequence[Any]]) -> int:
+        """Set the (ip, port) endpoints of a service (EDS for every node that uses it)."""
+        eps = validate_endpoints(endpoints)
+        async with self._lock:
+            self.state.intent.endpoints[service] = eps
+            return await self._apply()
+
+    def endpoints(self) -> dict[str, list[tuple[str, int]]]:
+        return {s: list(e) for s, e in self.state.intent.endpoints.items()}
+
+    def redirects(self) -> list[tuple[dict[str, Any], str | None]]:
+        return list(self.state.intent.redirects)
+
+    def nodes(self, selector: Selector | None = None) -> list[dict[str, Any]]:
+        """Every node seen (also disconnected ones), with versions sent/ACKed and last NACK."""
+        out = []
+        for st in self.cache.statuses(selector):
+            snap = self.cache.snapshot(st.id)
+            out.append(node_view(st, snap.version if snap else None))
+        return sorted(out, key=lambda n: n["id"])
+
+    def forget_node(self, node_id: str) -> None:
+        self.cache.forget(node_id)
+        self._specs.pop(node_id, None)
+
+    def _report(self, selector: Selector | None, version: int | None) -> AckReport:
+        rep = AckReport(version)
+        for st in self.cache.statuses(selector):
+            snap = self.cache.snapshot(st.id)
+            if snap is None:
+                rep.pending.append(st.id)
+                continue
+            # A node untouched since `version` is done once it has its current snapshot.
+            target = snap.version if version is None else min(version, snap.version)
+            if st.acked_version is not None and st.acked_version >= target:
+                rep.acked.append(st.id)
+            elif not st.connected:
+                rep.disconnected.append(st.id)
+            elif st.last_nack is not None and st.last_nack.version >= target:
+                rep.nacked[st.id] = st.last_nack.error
+            else:
+                rep.pending.append(st.id)
+        for lst in (rep.acked, rep.pending, rep.disconnected):
+            lst.sort()
+        return rep
+
+    async def wait_acked(
+        self, selector: Selector | None = None, version: int | None = None, timeout: float = 10.0
+    ) -> AckReport:
+        """Wait until every selected node has ACKed `version` (default: its latest snapshot).
+
+        Returns early when no node is still pending: a node that NACKed or is disconnected
+        will not ACK by waiting. `report.ok` is True only if all selected nodes ACKed."""
+        start = time.monotonic()
+        deadline = start + timeout
+        while True:
+            rep = self._report(selector, version)
+            now = time.monotonic()
+            if not rep.pending or now >= deadline:
+                rep.timed_out = bool(rep.pending)
+                rep.elapsed = now - start
+                return rep
+            await self.cache.wait_change(deadline - now)

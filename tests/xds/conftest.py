@@ -1,0 +1,179 @@
+"""Fixtures for xDS tests: a control plane, loopback HTTP apps and real Envoy sidecars."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from switchback.xds.control import ControlPlane
+from switchback.xds.resources import NodeSpec
+from switchback.xds.sidecar import EnvoyProcess, bootstrap_config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive
+
+    def _reply(self) -> None:
+        app: TestApp = self.server.app  # type: ignore[attr-defined]
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        redirected_by = self.headers.get("x-switchback-redirected-by")
+        app.record(self.path, redirected_by)
+        body = json.dumps({"app": app.name, "redirected_by": redirected_by}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = _reply
+    do_POST = _reply
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@dataclass
+class TestApp:
+    """A real HTTP app on loopback that answers with its name."""
+
+    name: str
+    server: ThreadingHTTPServer | None = None
+    seen: list[tuple[str, str | None]] = field(default_factory=list)
+
+    __test__ = False  # not a pytest test class
+
+    def record(self, path: str, redirected_by: str | None) -> None:
+        self.seen.append((path, redirected_by))
+
+    def start(self) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        self.server.daemon_threads = True
+        self.server.app = self  # type: ignore[attr-defined]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+@pytest.fixture
+def app_factory() -> Iterator[Callable[[str], TestApp]]:
+    apps: list[TestApp] = []
+
+    def make(name: str) -> TestApp:
+        app = TestApp(name)
+        app.start()
+        apps.append(app)
+        return app
+
+    yield make
+    for app in apps:
+        app.stop()
+
+
+@pytest.fixture
+def state_file(tmp_path: Path) -> Path:
+    return tmp_path / "xds-state.json"
+
+
+@pytest.fixture
+async def cp(state_file: Path) -> AsyncIterator[ControlPlane]:
+    plane = ControlPlane(state_file=state_file)
+    await plane.start()
+    yield plane
+    await plane.stop(0)
+
+
+@dataclass
+class Sidecar:
+    node_id: str
+    envoy: EnvoyProcess
+    listen_port: int
+    app: TestApp
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listen_port}"
+
+
+SidecarFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def sidecars(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
+    """start(cp_port, node_id, app, role=..., version=..., wait=True) -> Sidecar."""
+    started: list[EnvoyProcess] = []
+
+    async def start(
+        xds_port: int,
+        node_id: str,
+        app: TestApp,
+        role: str = "apigw",
+        version: str = "current",
+        outbound: dict[str, int] | None = None,
+        wait: bool = True,
+    ) -> Sidecar:
+        listen = free_port()
+        spec = NodeSpec(
+            kind="sidecar",
+            listen_port=listen,
+            app_port=app.port,
+            outbound=outbound or {},
+            labels={"role": role, "version": version, "environment": "test"},
+        )
+        envoy = EnvoyProcess(
+            node_id,
+            bootstrap_config(node_id, "127.0.0.1", xds_port, spec),
+            workdir=tmp_path / node_id,
+        )
+        envoy.workdir.mkdir(parents=True, exist_ok=True)
+        started.append(envoy)
+        envoy.start()
+        if wait:
+            await asyncio.to_thread(envoy.wait_ready)
+        return Sidecar(node_id, envoy, listen, app)
+
+    yield start
+    for envoy in started:
+        envoy.stop()
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    """Poll a condition with a deadline (no sleeps standing in for synchronisation)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what or cond}")
+        await asyncio.sleep(0.01)
+
+
+def envoy_stat(sc: Sidecar, name: str) -> int:
+    r = sc.envoy.admin_get(f"/stats?filter=^{name}$&format=json")
+    for s in r.json().get("stats", []):
+        if s.get("name") == name:
+            return int(s.get("value") or 0)
+    return 0

@@ -214,9 +214,14 @@ class ControlPlane:
         self.cache.forget(node_id)
         self._specs.pop(node_id, None)
 
-    def _report(self, selector: Selector | None, version: int | None) -> AckReport:
+    def _report(
+        self, selector: Selector | None, version: int | None, expect: Iterable[str]
+    ) -> AckReport:
         rep = AckReport(version)
-        for st in self.cache.statuses(selector):
+        statuses = self.cache.statuses(selector)
+        known = {st.id for st in statuses}
+        rep.pending.extend(n for n in expect if n not in known)  # not connected yet
+        for st in statuses:
             snap = self.cache.snapshot(st.id)
             if snap is None:
                 rep.pending.append(st.id)
@@ -236,16 +241,22 @@ class ControlPlane:
         return rep
 
     async def wait_acked(
-        self, selector: Selector | None = None, version: int | None = None, timeout: float = 10.0
+        self,
+        selector: Selector | None = None,
+        version: int | None = None,
+        timeout: float = 10.0,
+        expect: Iterable[str] = (),
     ) -> AckReport:
         """Wait until every selected node has ACKed `version` (default: its latest snapshot).
 
         Returns early when no node is still pending: a node that NACKed or is disconnected
-        will not ACK by waiting. `report.ok` is True only if all selected nodes ACKed."""
+        will not ACK by waiting. `expect` names nodes that must be among them (a node not
+        connected yet is pending). `report.ok` is True only if all selected nodes ACKed."""
+        expect = tuple(expect)
         start = time.monotonic()
         deadline = start + timeout
         while True:
-            rep = self._report(selector, version)
+            rep = self._report(selector, version, expect)
             now = time.monotonic()
             if not rep.pending or now >= deadline:
                 rep.timed_out = bool(rep.pending)

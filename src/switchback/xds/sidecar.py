@@ -35,7 +35,10 @@ def bootstrap_config(
     cluster: str | None = None,
 ) -> dict[str, Any]:
     """The Envoy bootstrap as a dict (dump it as YAML or JSON)."""
-    ads_source = {"ads": {}, "resource_api_version": "V3"}
+
+    def ads_source() -> dict[str, Any]:  # fresh dicts: no YAML anchors in the output
+        return {"ads": {}, "resource_api_version": "V3"}
+
     try:
         import ipaddress
 
@@ -70,8 +73,8 @@ def bootstrap_config(
                     }
                 ],
             },
-            "cds_config": ads_source,
-            "lds_config": ads_source,
+            "cds_config": ads_source(),
+            "lds_config": ads_source(),
         },
         "static_resources": {
             "clusters": [

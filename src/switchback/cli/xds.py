@@ -1,0 +1,187 @@
+"""`switchback xds ...`: run the control plane and talk to its admin endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Our xDS control plane for the Envoy sidecars.", no_args_is_help=True)
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+AdminOpt = typer.Option(
+    "http://127.0.0.1:18001",
+    "--admin",
+    envvar="SWITCHBACK_XDS_ADMIN",
+    help="Admin URL of the control plane",
+)
+SelectorOpt = typer.Option(
+    "", "--selector", "-s", help="Node selector, e.g. role=apigw,version=current ('' = all)"
+)
+JsonOpt = typer.Option(False, "--json", help="Print JSON")
+
+
+def _call(method: str, url: str, **kw: Any) -> Any:
+    try:
+        r = httpx.request(method, url, timeout=kw.pop("timeout", 30.0), **kw)
+    except httpx.HTTPError as e:
+        err.print(f"[red]cannot reach the control plane at {url}: {e}[/red]")
+        raise typer.Exit(2) from e
+    if r.status_code >= 400:
+        err.print(f"[red]{r.status_code}: {r.text}[/red]")
+        raise typer.Exit(1)
+    return r.json()
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="ADS (gRPC) listen address"),
+    port: int = typer.Option(18000, help="ADS (gRPC) port"),
+    admin_host: str = typer.Option("127.0.0.1", help="Admin HTTP listen address"),
+    admin_port: int = typer.Option(18001, help="Admin HTTP port"),
+    state_file: str = typer.Option(
+        ".switchback/xds-state.json",
+        envvar="SWITCHBACK_XDS_STATE",
+        help="Versions and intent survive restarts here ('' = none, time-based versions)",
+    ),
+) -> None:
+    """Run the ADS server and its admin HTTP endpoints."""
+    from switchback.xds.admin import serve as serve_all
+    from switchback.xds.control import ControlPlane
+
+    cp = ControlPlane(state_file=state_file or None)
+    out.print(f"xDS on {host}:{port}, admin on http://{admin_host}:{admin_port}")
+    try:
+        asyncio.run(serve_all(cp, host, port, admin_host, admin_port))
+    except KeyboardInterrupt:
+        pass
+
+
+def _ago(t: float | None) -> str:
+    if t is None:
+        return "-"
+    d = time.time() - t
+    return f"{d:.0f}s ago" if d < 120 else time.strftime("%H:%M:%S", time.localtime(t))
+
+
+@app.command()
+def status(admin: str = AdminOpt, selector: str = SelectorOpt, as_json: bool = JsonOpt) -> None:
+    """Nodes with connection state, versions sent/ACKed and the last NACK."""
+    data = _call("GET", f"{admin}/nodes", params={"selector": selector})
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    table = Table(title=f"xDS nodes ({len(data['nodes'])})")
+    for col in (
+        "node",
+        "kind/role/version",
+        "conn",
+        "version",
+        "acked",
+        "sent/acked per type",
+        "last NACK",
+    ):
+        table.add_column(col)
+    for n in data["nodes"]:
+        md = n["metadata"]
+        types = " ".join(
+            f"{t}:{'…' if s['pending'] else ''}{s['acked'] or '-'}" for t, s in n["types"].items()
+        )
+        nack = n["last_nack"]
+        table.add_row(
+            n["id"],
+            "/".join(str(md.get(k, "-")) for k in ("kind", "role", "version")),
+            "[green]up[/green]"
+            if n["connected"]
+            else f"[red]down[/red] {_ago(n['disconnected_at'])}",
+            str(n["version"]),
+            ("[green]" if n["in_sync"] else "[yellow]") + str(n["acked_version"]) + "[/]",
+            types,
+            f"[red]{nack['type']} v{nack['version']}: {nack['error'][:60]}[/red]" if nack else "",
+        )
+    out.print(table)
+
+
+def _selector_arg(text: str) -> dict[str, Any]:
+    from switchback.xds.admin import parse_selector
+
+    return parse_selector(text)
+
+
+def _wait(admin: str, selector: dict[str, Any], version: int, timeout: float) -> None:
+    rep = _call(
+        "POST",
+        f"{admin}/wait-acked",
+        json={"selector": selector, "version": version, "timeout": timeout},
+        timeout=timeout + 5,
+    )
+    colour = "green" if rep["ok"] else "red"
+    out.print(
+        f"[{colour}]version {version}: {len(rep['acked'])} acked in {rep['elapsed'] * 1000:.0f} ms"
+        f"[/{colour}]"
+    )
+    for key in ("pending", "disconnected"):
+        if rep[key]:
+            out.print(f"  {key}: {', '.join(rep[key])}")
+    for node, error in rep["nacked"].items():
+        out.print(f"  NACK {node}: {error}")
+    if not rep["ok"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def redirect(
+    selector: str = typer.Argument(..., help="e.g. role=apigw,version=current"),
+    target: str = typer.Argument(..., help="target service, e.g. apigw-new"),
+    admin: str = AdminOpt,
+    wait: bool = typer.Option(True, help="Wait for every selected node's ACK"),
+    timeout: float = typer.Option(10.0),
+) -> None:
+    """Send all traffic of the selected sidecars to the target service."""
+    sel = _selector_arg(selector)
+    v = _call("POST", f"{admin}/redirect", json={"selector": sel, "target": target})["version"]
+    _wait(admin, sel, v, timeout) if wait else out.print(f"version {v}")
+
+
+@app.command()
+def clear(
+    selector: str = typer.Argument(..., help="e.g. role=apigw,version=current"),
+    admin: str = AdminOpt,
+    wait: bool = typer.Option(True, help="Wait for every selected node's ACK"),
+    timeout: float = typer.Option(10.0),
+) -> None:
+    """Send the selected sidecars' traffic back to their local app."""
+    sel = _selector_arg(selector)
+    v = _call("POST", f"{admin}/redirect/clear", json={"selector": sel})["version"]
+    _wait(admin, sel, v, timeout) if wait else out.print(f"version {v}")
+
+
+@app.command()
+def endpoints(
+    service: str = typer.Argument(...),
+    addresses: list[str] = typer.Argument(None, help="IP:PORT ... (none = no endpoints)"),
+    admin: str = AdminOpt,
+) -> None:
+    """Set the endpoints of a service (EDS)."""
+    v = _call("PUT", f"{admin}/services/{service}/endpoints", json={"endpoints": addresses or []})[
+        "version"
+    ]
+    out.print(f"version {v}")
+
+
+@app.command()
+def wait(
+    selector: str = SelectorOpt,
+    version: int = typer.Option(None, help="Version (default: each node's latest)"),
+    admin: str = AdminOpt,
+    timeout: float = typer.Option(10.0),
+) -> None:
+    """Wait until every selected node has ACKed a version."""
+    _wait(admin, _selector_arg(selector), version, timeout)

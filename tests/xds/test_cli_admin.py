@@ -1,0 +1,200 @@
+"""CLI (`switchback sidecar bootstrap`, `switchback xds status`), admin HTTP app, other node kinds."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+import yaml
+from typer.testing import CliRunner
+
+from switchback.cli import sidecar as sidecar_cli
+from switchback.cli import xds as xds_cli
+from switchback.xds.admin import admin_app, parse_selector
+from switchback.xds.client import AdsClient
+from switchback.xds.control import ControlPlane
+from switchback.xds.resources import NodeSpec
+from switchback.xds.sidecar import EnvoyProcess, bootstrap_config, find_envoy
+
+from .conftest import free_port, wait_until
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--app-port", "8080", "--listen-port", "15000", "--outbound", "scenario=15001"],
+        ["--kind", "service-proxy", "--service", "apigw", "--listen-port", "16000"],
+        ["--kind", "ingress", "--route", "8000=apigw", "--route", "8001=apigw-standby"],
+    ],
+)
+def test_bootstrap_cli_is_valid_envoy_config(tmp_path: Path, extra: list[str]) -> None:
+    args = ["bootstrap", "--node-id", "n1", "--xds", "127.0.0.1:18000", "--role", "apigw"]
+    res = runner.invoke(sidecar_cli.app, args + extra)
+    assert res.exit_code == 0, res.output
+    cfg = yaml.safe_load(res.output)
+    assert cfg["node"]["id"] == "n1"
+    assert cfg["node"]["metadata"]["role"] == "apigw"
+    path = tmp_path / "b.yaml"
+    path.write_text(res.output)
+    proc = subprocess.run(
+        [
+            find_envoy(),
+            "--mode",
+            "validate",
+            "-c",
+            str(path),
+            "--disable-hot-restart",
+            "-l",
+            "error",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_find_envoy_prefers_real_binary() -> None:
+    path = Path(find_envoy())
+    with path.open("rb") as fh:
+        assert fh.read(4) == b"\x7fELF"
+
+
+def test_parse_selector() -> None:
+    assert parse_selector("role=apigw, version=current") == {"role": "apigw", "version": "current"}
+    assert parse_selector("id=a|b") == {"id": ["a", "b"]}
+    assert parse_selector("") == {}
+
+
+async def test_admin_api(cp: ControlPlane) -> None:
+    md = {"kind": "sidecar", "role": "apigw", "version": "current", "listen_port": 1, "app_port": 2}
+    client = AdsClient(f"127.0.0.1:{cp.port}", "n1", md)
+    await client.start()
+    try:
+        transport = httpx.ASGITransport(app=admin_app(cp))
+        async with httpx.AsyncClient(transport=transport, base_url="http://admin") as http:
+            await wait_until(lambda: bool(cp.nodes()), what="node")
+            r = await http.put("/services/apigw-new/endpoints", json={"endpoints": ["127.0.0.1:9"]})
+            assert r.status_code == 200
+            assert (await http.get("/services")).json() == {
+                "services": {"apigw-new": [["127.0.0.1", 9]]}
+            }
+            bad = await http.put("/services/x/endpoints", json={"endpoints": [["nope", 1]]})
+            assert bad.status_code == 400
+            v = (
+                await http.post("/redirect", json={"selector": "role=apigw", "target": "apigw-new"})
+            ).json()["version"]
+            rep = (
+                await http.post(
+                    "/wait-acked", json={"selector": {"role": "apigw"}, "version": v, "timeout": 5}
+                )
+            ).json()
+            assert rep["ok"] and rep["acked"] == ["n1"]
+            nodes = (await http.get("/nodes", params={"selector": "id=n1"})).json()["nodes"]
+            assert nodes[0]["acked_version"] >= v and nodes[0]["connected"]
+            rules = (await http.get("/redirects")).json()["redirects"]
+            assert rules == [{"selector": {"role": "apigw"}, "target": "apigw-new"}]
+            v2 = (await http.post("/redirect/clear", json={"selector": {"role": "apigw"}})).json()[
+                "version"
+            ]
+            assert v2 > v
+    finally:
+        await client.stop()
+
+
+@pytest.fixture
+async def served_admin(cp: ControlPlane) -> AsyncIterator[str]:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(admin_app(cp), port=port, log_level="warning"))
+    task = asyncio.create_task(server.serve())
+    await wait_until(lambda: server.started, what="admin server")
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    await task
+
+
+async def test_xds_status_cli(cp: ControlPlane, served_admin: str) -> None:
+    md = {"kind": "sidecar", "role": "apigw", "version": "current", "listen_port": 1, "app_port": 2}
+    client = AdsClient(f"127.0.0.1:{cp.port}", "node-a", md)
+    await client.start()
+    try:
+        assert (await cp.wait_acked(None, timeout=5, expect=["node-a"])).ok
+
+        def invoke(*args: str) -> Any:
+            return runner.invoke(xds_cli.app, [*args, "--admin", served_admin])
+
+        res = await asyncio.to_thread(invoke, "status")
+        assert res.exit_code == 0, res.output
+        assert "node-a" in res.output and "up" in res.output
+        res = await asyncio.to_thread(invoke, "status", "--json")
+        assert '"node-a"' in res.output
+        res = await asyncio.to_thread(invoke, "redirect", "role=apigw", "apigw-new")
+        assert res.exit_code == 0 and "1 acked" in res.output, res.output
+    finally:
+        await client.stop()
+
+
+async def test_service_proxy_and_ingress_nodes(
+    cp: ControlPlane, app_factory, tmp_path: Path
+) -> None:
+    """Service proxies (tcp_proxy, EDS) and an ingress are nodes of the same control plane."""
+    a, b = app_factory("a"), app_factory("b")
+    await cp.set_endpoints("apigw", [("127.0.0.1", a.port)])
+    proxy_port, ingress_port = free_port(), free_port()
+    envoys = [
+        EnvoyProcess(
+            "svc-apigw",
+            bootstrap_config(
+                "svc-apigw",
+                "127.0.0.1",
+                cp.port,
+                NodeSpec(kind="service-proxy", service="apigw", listen_port=proxy_port),
+            ),
+            workdir=tmp_path / "svc",
+        ),
+        EnvoyProcess(
+            "ingress",
+            bootstrap_config(
+                "ingress",
+                "127.0.0.1",
+                cp.port,
+                NodeSpec(kind="ingress", routes={ingress_port: "apigw"}),
+            ),
+            workdir=tmp_path / "ing",
+        ),
+    ]
+    try:
+        for e in envoys:
+            e.workdir.mkdir()
+            e.start()
+        for e in envoys:
+            await asyncio.to_thread(e.wait_ready)
+        pinned = httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{proxy_port}", limits=httpx.Limits(max_connections=1)
+        )
+        async with pinned:
+            assert (await pinned.get("/")).json()["app"] == "a"
+            v = await cp.set_endpoints("apigw", [("127.0.0.1", b.port)])
+            assert (await cp.wait_acked(None, v, timeout=5)).ok
+            # Like kube-proxy: the established connection stays where it was...
+            assert (await pinned.get("/")).json()["app"] == "a"
+            # ...new connections go to the new endpoints.
+            async with httpx.AsyncClient() as fresh:
+                r = await fresh.get(f"http://127.0.0.1:{proxy_port}/")
+                assert r.json()["app"] == "b"
+                r = await fresh.get(f"http://127.0.0.1:{ingress_port}/")
+                assert r.json()["app"] == "b"
+        with socket.create_connection(("127.0.0.1", ingress_port), timeout=2):
+            pass
+    finally:
+        for e in envoys:
+            e.stop()

@@ -20,6 +20,9 @@ def _register() -> None:
     app.command("run")(tx.run)
     app.command("lint")(lint.lint)
     app.add_typer(tx.app, name="tx")
+    from switchback.cli import serve
+
+    app.command("serve")(serve.serve)
     from switchback.cli import sidecar, xds
 
     app.add_typer(xds.app, name="xds")

@@ -24,7 +24,9 @@ system-deps:
 	bash scripts/system-deps.sh
 
 up: install
-	$(BIN)/switchback up $(APP) --data $(DATA)
+	$(BIN)/switchback lint $(APP)
+	QUICKSTART_DIR=$(DATA)/quickstart-inventory $(BIN)/switchback run $(APP) provision --input $(APP)/request.json --data $(DATA)
+	@echo "Next: $(BIN)/switchback tx list --data $(DATA)   (see README.md)"
 
 lint: install
 	$(BIN)/ruff check src tests bench examples
@@ -35,6 +37,7 @@ test: install system-deps lint
 
 bench: install
 	$(BIN)/python bench/engine.py
+	$(BIN)/python bench/engine.py --concurrency 8
 
 clean:
 	rm -rf $(VENV) $(DATA) .pytest_cache .ruff_cache .hypothesis

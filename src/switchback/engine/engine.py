@@ -660,12 +660,17 @@ class Engine:
         else:
             # Blocking code (boto3, ncclient, ...) runs in a thread so the loop stays responsive.
             aw = asyncio.to_thread(fn, ctx)
+        # asyncio.timeout, unlike wait_for, does not wrap the call in a new task (hot path).
+        limit = asyncio.timeout(timeout)
         try:
-            result = await asyncio.wait_for(aw, timeout) if timeout is not None else await aw
+            async with limit:
+                result = await aw
         except TimeoutError:
-            raise TimeoutError(
-                f"{ctx.phase} of block {ctx.block!r} timed out after {timeout:.3g} s"
-            ) from None
+            if limit.expired():
+                raise TimeoutError(
+                    f"{ctx.phase} of block {ctx.block!r} timed out after {timeout:.3g} s"
+                ) from None
+            raise
         if inspect.isawaitable(result):
             result = await result
         try:

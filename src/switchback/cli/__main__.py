@@ -1,0 +1,3 @@
+from switchback.cli.main import main
+
+main()

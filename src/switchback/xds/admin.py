@@ -12,7 +12,6 @@ POST   /wait-acked             {"selector", "version", "timeout", "expect"} -> r
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import uvicorn
@@ -129,4 +128,3 @@ async def serve(
         await server.serve()
     finally:
         await cp.stop(1.0)
-        await asyncio.sleep(0)

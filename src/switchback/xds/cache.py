@@ -113,6 +113,7 @@ class NodeStatus:
     types: dict[str, TypeStatus] = field(default_factory=dict)
     last_nack: Nack | None = None
     nacks: int = 0
+    error: str | None = None  # e.g. unusable bootstrap metadata
 
     @property
     def connected(self) -> bool:
@@ -209,8 +210,11 @@ class SnapshotCache:
         st.cluster, st.metadata, st.peer = cluster, _intify(metadata), peer
         st.streams += 1
         st.connected_at = time.time()
-        # A fresh stream starts with nothing sent: per-type state restarts.
+        # A fresh stream starts with nothing sent: per-type state restarts, and the node only
+        # counts as ACKed again once it has ACKed the full snapshot on this stream (it may be
+        # a brand-new Envoy process that reuses the id).
         st.types.clear()
+        st.acked_version = None
         if node_id not in self._snapshots and self.on_new_node is not None:
             self.on_new_node(st)
         self.notify()

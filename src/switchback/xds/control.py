@@ -71,6 +71,7 @@ def node_view(st: NodeStatus, snapshot_version: int | None) -> dict[str, Any]:
         },
         "last_nack": st.last_nack.as_dict() if st.last_nack else None,
         "nacks": st.nacks,
+        "error": st.error,
     }
 
 
@@ -119,7 +120,12 @@ class ControlPlane:
         self._rebuild([node_id], self.state.version)
 
     def _on_new_node(self, st: NodeStatus) -> None:
-        spec = self._registered.get(st.id) or NodeSpec.from_metadata(st.metadata)
+        try:
+            spec = self._registered.get(st.id) or NodeSpec.from_metadata(st.metadata)
+        except (ValueError, TypeError) as e:
+            st.error = f"bad node metadata: {e}"  # visible in nodes(); no config is sent
+            return
+        st.error = None
         self._specs[st.id] = spec
         self._rebuild([st.id], self.state.version)
 

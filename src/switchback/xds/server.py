@@ -254,6 +254,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                     queue.put_nowait(req)
             except (asyncio.CancelledError, grpc.aio.AioRpcError):
                 pass
+            except Exception:  # a broken stream must not take the server down
+                log.exception("ADS stream reader failed")
             finally:
                 queue.put_nowait(None)
 

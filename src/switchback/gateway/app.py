@@ -261,7 +261,11 @@ class Gateway:
             await self.engine.open()
             if role in ("all", "scenario"):
                 if self.app.root:
-                    await self.engine.store.set_meta("app_dir", str(Path(self.app.root).resolve()))
+                    # Lets the local `switchback tx` commands find the app of this data dir.
+                    root = await asyncio.to_thread(
+                        lambda: str(Path(self.app.root or ".").resolve())
+                    )
+                    await self.engine.store.set_meta("app_dir", root)
                 taken = await self.engine.recover()
                 if taken:
                     log.info("recovered transactions at start-up", extra={"count": len(taken)})

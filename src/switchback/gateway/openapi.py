@@ -375,7 +375,7 @@ def build_openapi(app: App, config: GatewayConfig) -> dict[str, Any]:
                     "required": False,
                     "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
                 },
-            ],  # fmt: skip
+            ],
             "responses": {
                 "200": _json(_ref("TransactionList"), "a page"),
                 **_errors(401, 422),
@@ -396,7 +396,7 @@ def build_openapi(app: App, config: GatewayConfig) -> dict[str, Any]:
                     "description": "include block tracebacks",
                     "schema": {"type": "boolean"},
                 },
-            ],  # fmt: skip
+            ],
             "responses": {
                 "200": _json(_ref("Transaction"), "the transaction"),
                 **_errors(401, 404),

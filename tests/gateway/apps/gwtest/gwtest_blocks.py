@@ -40,7 +40,7 @@ async def echo(ctx: BlockContext) -> dict[str, Any]:
 async def slow(ctx: BlockContext) -> dict[str, Any]:
     # Runs until the file "release" appears: lets a test kill the process mid-block.
     _flag("started").write_text(ctx.xid)
-    while not _flag("release").exists():
+    while not _flag("release").exists():  # noqa: ASYNC110 - another process creates it
         await asyncio.sleep(0.05)
     return {"slow": True}
 

@@ -60,7 +60,10 @@ async def engine_run(
                 latencies.append(time.perf_counter() - t0)
                 assert tx.status == "completed"
 
-        per = [transactions // concurrency + (1 if i < transactions % concurrency else 0) for i in range(concurrency)]
+        per = [
+            transactions // concurrency + (1 if i < transactions % concurrency else 0)
+            for i in range(concurrency)
+        ]
         began = time.perf_counter()
         await asyncio.gather(*(worker(c) for c in per))
         elapsed = time.perf_counter() - began
@@ -68,19 +71,25 @@ async def engine_run(
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--transactions", type=int, default=300)
     ap.add_argument("--blocks", type=int, default=10)
     ap.add_argument("--concurrency", type=int, default=1)
     ap.add_argument("--synchronous", default="FULL", choices=["OFF", "NORMAL", "FULL"])
-    ap.add_argument("--dir", type=Path, default=None, help="where the databases go (default: a temp dir)")
+    ap.add_argument(
+        "--dir", type=Path, default=None, help="where the databases go (default: a temp dir)"
+    )
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         root = Path(tmp)
         commits = args.transactions * (args.blocks + 1)
         raw = raw_commits(root / "raw.db", commits, args.synchronous)
         blocks_per_s, lat = asyncio.run(
-            engine_run(root / "engine", args.transactions, args.blocks, args.concurrency, args.synchronous)
+            engine_run(
+                root / "engine", args.transactions, args.blocks, args.concurrency, args.synchronous
+            )
         )
     lat_ms = sorted(x * 1000 for x in lat)
     p99 = lat_ms[min(len(lat_ms) - 1, int(len(lat_ms) * 0.99))]

@@ -50,7 +50,9 @@ class Harness:
         deadline = time.monotonic() + timeout
         while not (self.dir / name).exists():
             if proc.poll() is not None:
-                raise AssertionError(f"process ended before {name}: {proc.stderr.read() if proc.stderr else ''}")
+                raise AssertionError(
+                    f"process ended before {name}: {proc.stderr.read() if proc.stderr else ''}"
+                )
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {name}")
             time.sleep(0.02)

@@ -7,7 +7,14 @@ from typing import Any
 
 import pytest
 
-from switchback.engine import BlockContext, Busy, DecisionRefused, IdempotencyConflict, RequestInvalid, UnknownTransaction
+from switchback.engine import (
+    BlockContext,
+    Busy,
+    DecisionRefused,
+    IdempotencyConflict,
+    RequestInvalid,
+    UnknownTransaction,
+)
 from switchback.model import RetryPolicy, scenario
 
 SCHEMA = {
@@ -32,8 +39,17 @@ class Ledger:
                 self.fail[(phase, name)] = left - 1
                 raise RuntimeError(f"{phase} {name} failed on purpose")
             if phase == "do":
-                return {"block": name, "attempt": ctx.attempt, "seen": sorted(ctx.outputs), "req": ctx.request}
-            return {"undid": name, "do_output": ctx.output, "do_error": (ctx.error or {}).get("type")}
+                return {
+                    "block": name,
+                    "attempt": ctx.attempt,
+                    "seen": sorted(ctx.outputs),
+                    "req": ctx.request,
+                }
+            return {
+                "undid": name,
+                "do_output": ctx.output,
+                "do_error": (ctx.error or {}).get("type"),
+            }
 
         return fn
 
@@ -79,7 +95,11 @@ async def test_failure_parks_with_error_and_keeps_later_blocks_pending(engine_fa
     assert tx.status == "suspended" and tx.reason == "failed"
     assert [b.status for b in tx.blocks] == ["done", "failed", "pending"]
     err = tx.blocks[1].error
-    assert err["type"] == "RuntimeError" and "on purpose" in err["message"] and "Traceback" in err["traceback"]
+    assert (
+        err["type"] == "RuntimeError"
+        and "on purpose" in err["message"]
+        and "Traceback" in err["traceback"]
+    )
     assert tx.owner is None  # parked transactions are owned by nobody
 
 
@@ -116,7 +136,11 @@ async def test_rollforward_from_failed_block(engine_factory: Any) -> None:
     assert tx.status == "completed"
     assert ledger.phases(tx.xid) == ["do:b0", "do:b1", "do:b1", "do:b2"]
     decision = tx.audit[-1]
-    assert (decision.actor, decision.action, decision.reason) == ("alice", "rollforward", "peer fixed")
+    assert (decision.actor, decision.action, decision.reason) == (
+        "alice",
+        "rollforward",
+        "peer fixed",
+    )
     assert decision.input["from"] == "b1"
 
 

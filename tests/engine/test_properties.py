@@ -34,9 +34,7 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
         for _ in range(n)
     ]
     # How many times each DO / UNDO fails before it succeeds.
-    fails = {
-        (phase, i): draw(st.integers(0, 3)) for i in range(n) for phase in ("do", "undo")
-    }
+    fails = {(phase, i): draw(st.integers(0, 3)) for i in range(n) for phase in ("do", "undo")}
     decisions = draw(st.lists(st.sampled_from(DECISIONS), max_size=8))
     on_failure = draw(st.sampled_from(["suspend", "rollback"]))
     return {"blocks": blocks, "fails": fails, "decisions": decisions, "on_failure": on_failure}
@@ -59,7 +57,9 @@ async def run_case(case: dict[str, Any]) -> None:
 
     sc = scenario("p", request={"type": "object"}, on_failure=case["on_failure"])
     for i, b in enumerate(case["blocks"]):
-        h = sc.block(f"b{i}", retry={"attempts": b["retries"]}, partial_effects=b["partial_effects"])(make("do", i))
+        h = sc.block(
+            f"b{i}", retry={"attempts": b["retries"]}, partial_effects=b["partial_effects"]
+        )(make("do", i))
         if b["has_undo"]:
             h.undo(make("undo", i))
     app = App()
@@ -93,7 +93,9 @@ def check(case: dict[str, Any], tx: Any, calls: list[tuple[str, int, str]], acce
             assert i == 0
         else:
             prev_i, prev_r = do_seq[k - 1]
-            assert (prev_i == i and prev_r == "fail") or (prev_i == i - 1 and prev_r == "ok"), do_seq
+            assert (prev_i == i and prev_r == "fail") or (prev_i == i - 1 and prev_r == "ok"), (
+                do_seq
+            )
     phases = [p for p, _, _ in calls]
     if "undo" in phases:  # rollback is final: no DO after the first UNDO
         assert "do" not in phases[phases.index("undo") :]

@@ -12,7 +12,7 @@ import pytest
 
 from switchback.model import AppLoadError, RetryPolicy, lint_app, load_app, scenario
 
-GOOD_BLOCKS = '''
+GOOD_BLOCKS = """
 def do_it(ctx):
     return {"ok": True}
 
@@ -20,7 +20,7 @@ def undo_it(ctx):
     return None
 
 not_callable = 42
-'''
+"""
 
 
 def make_app(tmp_path: Path, files: dict[str, str], module: str = GOOD_BLOCKS) -> Path:
@@ -115,7 +115,9 @@ def test_good_app_has_no_problems(tmp_path: Path) -> None:
         ("", "s.yaml: empty file"),
     ],
 )
-def test_each_broken_definition_has_its_own_message(tmp_path: Path, text: str, expected: str) -> None:
+def test_each_broken_definition_has_its_own_message(
+    tmp_path: Path, text: str, expected: str
+) -> None:
     root = make_app(tmp_path, {"s.yaml": text})
     found = messages(root)
     assert any(expected in m for m in found), found
@@ -141,7 +143,9 @@ def test_all_problems_reported_at_once(tmp_path: Path) -> None:
 def test_module_that_raises_on_import_is_a_problem_not_a_crash(tmp_path: Path) -> None:
     root = make_app(tmp_path, {"s.yaml": GOOD}, module="raise RuntimeError('boom at import')\n")
     found = messages(root)
-    assert any("cannot import module 'lintblocks' (RuntimeError: boom at import)" in m for m in found), found
+    assert any(
+        "cannot import module 'lintblocks' (RuntimeError: boom at import)" in m for m in found
+    ), found
 
 
 def test_python_scenario_file_with_syntax_error(tmp_path: Path) -> None:
@@ -156,18 +160,24 @@ def test_missing_scenarios_folder(tmp_path: Path) -> None:
 
 
 def test_python_and_yaml_forms_build_the_same_objects(tmp_path: Path) -> None:
-    py = '''
+    py = """
 from switchback.model import scenario
 from lintblocks import do_it, undo_it
 
 good = scenario("good", path="/good", request={"type": "object", "properties": {"device": {"type": "string"}}},
                 lock_keys=["device:{device}"])
 good.block("one")(do_it).undo(undo_it)
-'''
+"""
     yaml_app = load_app(make_app(tmp_path / "y", {"good.yaml": GOOD}))
     py_app = load_app(make_app(tmp_path / "p", {"good.py": py}))
     a, b = yaml_app.scenarios["good"], py_app.scenarios["good"]
-    assert (a.name, a.method, a.path, a.request, a.transaction) == (b.name, b.method, b.path, b.request, b.transaction)
+    assert (a.name, a.method, a.path, a.request, a.transaction) == (
+        b.name,
+        b.method,
+        b.path,
+        b.request,
+        b.transaction,
+    )
     assert [(x.name, x.do_ref, x.undo_ref, x.retry, x.idempotent) for x in a.blocks] == [
         (x.name, "lintblocks:do_it", "lintblocks:undo_it", RetryPolicy(), False) for x in b.blocks
     ]
@@ -194,9 +204,13 @@ def test_builder_api() -> None:
 def test_lint_cli_exit_status(tmp_path: Path) -> None:
     good = make_app(tmp_path / "g", {"good.yaml": GOOD})
     bad = make_app(tmp_path / "b", {"s.yaml": "name: s\nblocks: 3\n"})
-    ok = subprocess.run([sys.executable, "-m", "switchback.cli", "lint", str(good)], capture_output=True, text=True)
+    ok = subprocess.run(
+        [sys.executable, "-m", "switchback.cli", "lint", str(good)], capture_output=True, text=True
+    )
     assert ok.returncode == 0 and "ok good" in ok.stdout
-    ko = subprocess.run([sys.executable, "-m", "switchback.cli", "lint", str(bad)], capture_output=True, text=True)
+    ko = subprocess.run(
+        [sys.executable, "-m", "switchback.cli", "lint", str(bad)], capture_output=True, text=True
+    )
     assert ko.returncode == 1
     assert "s.yaml:2: blocks: 3 is not of type 'array'" in ko.stderr
     assert "Traceback" not in ko.stderr

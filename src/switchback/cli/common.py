@@ -40,6 +40,13 @@ AppOpt = typer.Option(
     help="App folder [default: the one last used with this data directory]",
 )
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of tables")
+ServerOpt = typer.Option(
+    None,
+    "--server",
+    envvar="SWITCHBACK_SERVER",
+    help="Act through the HTTP admin API at this URL instead of the local store "
+    "(bearer token from SWITCHBACK_TOKEN)",
+)
 
 STATUS_STYLE = {
     "completed": "green", "rolled_back": "cyan", "running": "yellow", "waiting": "blue",
@@ -169,3 +176,46 @@ def print_tx(tx: dict[str, Any]) -> None:
 def exit_code_for(tx: TxRecord | dict[str, Any]) -> int:
     status = tx.status if isinstance(tx, TxRecord) else tx["status"]
     return 0 if status in ("completed", "rolled_back", "waiting") else 2
+
+
+def api_call(
+    server: str,
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    params: dict[str, Any] | None = None,
+) -> Any:
+    """One admin API call (``switchback tx ... --server URL``). Errors exit with status 1 and
+    the server's message; the token comes from SWITCHBACK_TOKEN and is never printed."""
+    import httpx
+
+    token = os.environ.get("SWITCHBACK_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    query = {k: v for k, v in (params or {}).items() if v is not None}
+    try:
+        # No read timeout: a decision answers when the transaction parks or completes.
+        r = httpx.request(
+            method,
+            server.rstrip("/") + path,
+            json=body,
+            params=query,
+            headers=headers,
+            timeout=httpx.Timeout(None, connect=10.0),
+        )
+    except httpx.HTTPError as exc:
+        fail(f"cannot reach {server}: {type(exc).__name__}: {exc}")
+    try:
+        data = r.json()
+    except ValueError:
+        data = None
+    if r.status_code >= 400:
+        if not isinstance(data, dict):
+            fail(f"{server} answered {r.status_code}")
+        detail = data.get("detail")
+        if isinstance(detail, dict):
+            for v in detail.get("violations") or []:
+                err.print(f"  [red]{v['path']}[/red]: {v['message']}")
+        hint = " (set SWITCHBACK_TOKEN)" if r.status_code == 401 and not token else ""
+        fail(f"{r.status_code}: {data.get('error')}{hint}")
+    return data

@@ -1,13 +1,15 @@
-"""`switchback lint APP_DIR`."""
+"""`switchback lint APP_DIR` and `switchback locks`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
-from switchback.cli.common import err, out
+from switchback.cli.common import DataOpt, JsonOpt, engine_for, err, out, run_async, ts
 from switchback.model import lint_app
+from switchback.store.records import LockRecord
 
 
 def lint(app_dir: Path = typer.Argument(..., help="App folder")) -> None:
@@ -21,3 +23,24 @@ def lint(app_dir: Path = typer.Argument(..., help="App folder")) -> None:
     for sc in app.scenarios.values():
         route = f"{sc.method} {sc.path}" if sc.path else "(no endpoint)"
         out.print(f"[green]ok[/green] {sc.name}: {route}, {len(sc.blocks)} block(s)")
+
+
+def locks(
+    data: Path | None = DataOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """List held resource locks and the transaction holding each."""
+    from rich.table import Table
+
+    async def go() -> list[LockRecord]:
+        async with engine_for(data, None) as engine:
+            return await engine.locks()
+
+    held = run_async(go)
+    if as_json:
+        out.print_json(json.dumps([lk.to_dict() for lk in held]))
+        return
+    table = Table("key", "xid", "since")
+    for lk in held:
+        table.add_row(lk.key, lk.xid, ts(lk.acquired_at))
+    out.print(table)

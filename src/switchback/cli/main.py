@@ -19,6 +19,7 @@ def _register() -> None:
 
     app.command("run")(tx.run)
     app.command("lint")(lint.lint)
+    app.command("locks")(lint.locks)
     app.add_typer(tx.app, name="tx")
     from switchback.cli import serve
 

@@ -13,7 +13,9 @@ from switchback.cli.common import (
     AppOpt,
     DataOpt,
     JsonOpt,
+    ServerOpt,
     actor,
+    api_call,
     engine_for,
     exit_code_for,
     out,
@@ -29,11 +31,19 @@ from switchback.store.records import TX_STATUSES, TxRecord
 app = typer.Typer(help="Inspect transactions and decide on parked ones.", no_args_is_help=True)
 
 
-def _show(tx: TxRecord, as_json: bool) -> None:
+def _show(tx: TxRecord | dict[str, Any], as_json: bool) -> None:
+    data = tx.to_dict() if isinstance(tx, TxRecord) else tx
     if as_json:
-        out.print_json(json.dumps(tx.to_dict()))
+        out.print_json(json.dumps(data))
     else:
-        print_tx(tx.to_dict())
+        print_tx(data)
+
+
+def _remote(server: str, path: str, body: Any, as_json: bool) -> None:
+    """A decision through the HTTP API: show the transaction, exit like the local command."""
+    tx = api_call(server, "POST", path, body=body)
+    _show(tx, as_json)
+    raise typer.Exit(exit_code_for(tx))
 
 
 def run(
@@ -75,31 +85,49 @@ def list_(
     cursor: str | None = typer.Option(None, "--cursor", help="Continue after a previous page"),
     data: Path | None = DataOpt,
     as_json: bool = JsonOpt,
+    server: str | None = ServerOpt,
 ) -> None:
     """List transactions, newest first."""
     if status and status not in TX_STATUSES:
         raise typer.BadParameter(
             f"unknown status {status!r}; one of: {', '.join(TX_STATUSES)}", param_hint="--status"
         )
+    if server:
+        params = {"status": status, "scenario": scenario, "limit": limit, "cursor": cursor}
+        body = api_call(server, "GET", "/transactions", params=params)
+        _print_list(body["transactions"], body["next_cursor"], as_json)
+        return
 
     async def go() -> tuple[list[TxRecord], str | None]:
         async with engine_for(data, None) as engine:
             return await engine.list(status=status, scenario=scenario, limit=limit, cursor=cursor)
 
     page, nxt = run_async(go)
+    _print_list([_summary(t) for t in page], nxt, as_json)
+
+
+def _print_list(page: list[dict[str, Any]], nxt: str | None, as_json: bool) -> None:
     if as_json:
-        out.print_json(
-            json.dumps({"transactions": [_summary(t) for t in page], "next_cursor": nxt})
-        )
+        out.print_json(json.dumps({"transactions": page, "next_cursor": nxt}))
         return
     table = Table("xid", "scenario", "status", "block", "reason", "created")
     for t in page:
         table.add_row(
-            t.xid, t.scenario, styled(t.status), str(t.cursor), t.reason or "", ts(t.created_at)
+            t["xid"],
+            t["scenario"],
+            styled(t["status"]),
+            str(t["cursor"]),
+            t["reason"] or "",
+            ts(t["created_at"]),
         )
     out.print(table)
     if nxt:
         out.print(f"more: --cursor {nxt}")
+
+
+def _present(body: dict[str, Any]) -> dict[str, Any]:
+    """Only the fields given: the API treats a missing field and null differently."""
+    return {k: v for k, v in body.items() if v is not None}
 
 
 def _summary(t: TxRecord) -> dict[str, Any]:
@@ -108,8 +136,13 @@ def _summary(t: TxRecord) -> dict[str, Any]:
 
 
 @app.command()
-def show(xid: str, data: Path | None = DataOpt, as_json: bool = JsonOpt) -> None:
+def show(
+    xid: str, data: Path | None = DataOpt, as_json: bool = JsonOpt, server: str | None = ServerOpt
+) -> None:
     """Blocks with status, tries, output and error; the audit trail."""
+    if server:
+        _show(api_call(server, "GET", f"/transactions/{xid}"), as_json)
+        return
 
     async def go() -> TxRecord:
         async with engine_for(data, None) as engine:
@@ -129,9 +162,13 @@ def rollforward(
     data: Path | None = DataOpt,
     app_dir: Path | None = AppOpt,
     as_json: bool = JsonOpt,
+    server: str | None = ServerOpt,
 ) -> None:
     """Run a suspended transaction again from its failed block."""
     request = read_json_file(input)
+    if server:
+        body = {"request": request, "from": from_block, "reason": reason}
+        _remote(server, f"/transactions/{xid}/rollforward", _present(body), as_json)
 
     async def go() -> TxRecord:
         async with engine_for(data, app_dir) as engine:
@@ -151,8 +188,11 @@ def rollback(
     data: Path | None = DataOpt,
     app_dir: Path | None = AppOpt,
     as_json: bool = JsonOpt,
+    server: str | None = ServerOpt,
 ) -> None:
     """UNDO every block that ran, newest first (or retry a failed rollback)."""
+    if server:
+        _remote(server, f"/transactions/{xid}/rollback", _present({"reason": reason}), as_json)
 
     async def go() -> TxRecord:
         async with engine_for(data, app_dir) as engine:
@@ -170,8 +210,11 @@ def compensated(
     data: Path | None = DataOpt,
     app_dir: Path | None = AppOpt,
     as_json: bool = JsonOpt,
+    server: str | None = ServerOpt,
 ) -> None:
     """Mark the failed UNDO as compensated by hand; the rollback goes on with older blocks."""
+    if server:
+        _remote(server, f"/transactions/{xid}/compensated", {"reason": reason}, as_json)
 
     async def go() -> TxRecord:
         async with engine_for(data, app_dir) as engine:
@@ -191,9 +234,13 @@ def signal(
     data: Path | None = DataOpt,
     app_dir: Path | None = AppOpt,
     as_json: bool = JsonOpt,
+    server: str | None = ServerOpt,
 ) -> None:
     """Send a named signal; a transaction waiting for it resumes."""
     body = read_json_file(payload)
+    if server:
+        req = _present({"payload": body, "reason": reason})
+        _remote(server, f"/transactions/{xid}/signals/{name}", req, as_json)
 
     async def go() -> TxRecord:
         async with engine_for(data, app_dir) as engine:
@@ -206,7 +253,11 @@ def signal(
 
 @app.command()
 def plan(
-    xid: str, data: Path | None = DataOpt, app_dir: Path | None = AppOpt, as_json: bool = JsonOpt
+    xid: str,
+    data: Path | None = DataOpt,
+    app_dir: Path | None = AppOpt,
+    as_json: bool = JsonOpt,
+    server: str | None = ServerOpt,
 ) -> None:
     """Dry run: what a rollforward and a rollback would run, in order, with their inputs."""
 
@@ -214,7 +265,7 @@ def plan(
         async with engine_for(data, app_dir) as engine:
             return await engine.plan(xid)
 
-    p = run_async(go)
+    p = api_call(server, "GET", f"/transactions/{xid}/plan") if server else run_async(go)
     if as_json:
         out.print_json(json.dumps(p))
         return

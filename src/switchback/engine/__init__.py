@@ -1,12 +1,13 @@
 """The transaction state machine, executor, decisions, ownership and recovery."""
 
 from switchback.engine.context import BlockContext
-from switchback.engine.engine import Engine, EngineObserver, request_fingerprint
+from switchback.engine.engine import Engine, EngineObserver, lock_keys, request_fingerprint
 from switchback.engine.errors import (
     Busy,
     DecisionRefused,
     EngineError,
     IdempotencyConflict,
+    LockTimeout,
     RequestInvalid,
     UnknownScenario,
     UnknownTransaction,
@@ -20,8 +21,10 @@ __all__ = [
     "EngineError",
     "EngineObserver",
     "IdempotencyConflict",
+    "LockTimeout",
     "RequestInvalid",
     "UnknownScenario",
     "UnknownTransaction",
+    "lock_keys",
     "request_fingerprint",
 ]

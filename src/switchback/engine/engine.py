@@ -13,6 +13,8 @@ import hashlib
 import inspect
 import json
 import logging
+import random
+import string
 import time
 import traceback
 import uuid
@@ -24,13 +26,14 @@ from switchback.engine.errors import (
     Busy,
     DecisionRefused,
     IdempotencyConflict,
+    LockTimeout,
     RequestInvalid,
     UnknownScenario,
     UnknownTransaction,
     error_info,
 )
 from switchback.model import App, Block, Scenario
-from switchback.store import DuplicateIdempotencyKey, FencedOut, Store, new_owner_id
+from switchback.store import DuplicateIdempotencyKey, FencedOut, LockHeld, Store, new_owner_id
 from switchback.store.records import (
     ACTIVE,
     B_RUNNING,
@@ -49,6 +52,7 @@ from switchback.store.records import (
     WAITING,
     AuditRecord,
     BlockRecord,
+    LockRecord,
     SignalRecord,
     TxRecord,
 )
@@ -64,6 +68,23 @@ class TransactionTimeout(Exception):
 
 class Interrupted(Exception):
     pass
+
+
+def lock_keys(sc: Scenario, request: Any) -> list[str]:
+    """The scenario's lock keys with request fields filled in (``"device:{device}"``)."""
+    keys = []
+    for template in sc.transaction.lock_keys:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f]
+        missing = [f for f in fields if not isinstance(request, dict) or f not in request]
+        if missing:
+            raise RequestInvalid(
+                [
+                    {"path": f"/{f}", "message": f"required by lock key {template!r}"}
+                    for f in missing
+                ]
+            )
+        keys.append(template.format_map(request))
+    return sorted(set(keys))
 
 
 def request_fingerprint(request: Any) -> str:
@@ -171,6 +192,10 @@ class Engine:
     ) -> tuple[list[TxRecord], str | None]:
         return await self.store.list(status=status, scenario=scenario, limit=limit, cursor=cursor)
 
+    async def locks(self) -> list[LockRecord]:
+        """Every held resource lock and the transaction holding it."""
+        return await self.store.list_locks()
+
     def is_running_here(self, xid: str) -> bool:
         task = self._tasks.get(xid)
         return task is not None and not task.done()
@@ -201,6 +226,7 @@ class Engine:
         violations = sc.validate_request(request)
         if violations:
             raise RequestInvalid(violations)
+        keys = lock_keys(sc, request)
         fingerprint = request_fingerprint(request) if idempotency_key else None
         if idempotency_key:
             existing = await self.store.find_by_idempotency_key(idempotency_key)
@@ -226,10 +252,25 @@ class Engine:
         first = tx.blocks[0]
         first.status, first.attempts, first.started_at = B_RUNNING, 1, now
         audit = AuditRecord(xid=xid, at=now, actor=actor, action="start", input=request)
-        try:
-            await self.store.create(tx, tx.blocks, audit)
-        except DuplicateIdempotencyKey as dup:
-            return self._same_request(dup.existing, idempotency_key or "", fingerprint)
+        waited_until = time.monotonic() + sc.transaction.lock_timeout
+        delay = 0.005
+        while True:
+            try:
+                await self.store.create(tx, tx.blocks, audit, locks=keys)
+                break
+            except DuplicateIdempotencyKey as dup:
+                return self._same_request(dup.existing, idempotency_key or "", fingerprint)
+            except LockHeld as held:
+                # All keys are taken in one commit or none, so waiting here cannot deadlock.
+                left = waited_until - time.monotonic()
+                if left <= 0:
+                    raise LockTimeout(held.key, held.holder, sc.transaction.lock_timeout) from None
+                await asyncio.sleep(min(left, random.uniform(0, delay)))
+                delay = min(delay * 2, 0.25)
+                now = self.clock()
+                tx.created_at = tx.updated_at = audit.at = first.started_at = now
+                tx.lease_until = now + self.lease_seconds
+                tx.deadline = now + sc.transaction.timeout if sc.transaction.timeout else None
         tx.audit.append(audit)
         for o in self.observers:
             o.transaction_changed(tx)
@@ -285,10 +326,12 @@ class Engine:
                         f"can only roll forward from the failed block {tx.blocks[tx.cursor].name!r} or an earlier one",
                         tx.status,
                     )
+            new_keys = None
             if request is not None:
                 violations = sc.validate_request(request)
                 if violations:
                     raise RequestInvalid(violations)
+                new_keys = lock_keys(sc, request)
         except BaseException:
             await self._release(tx)
             raise
@@ -311,7 +354,12 @@ class Engine:
             xid=xid, at=now, actor=actor, action="rollforward", reason=reason,
             input={"from": sc.blocks[start].name, "request": request},
         )  # fmt: skip
-        await self._write(tx, changed, audit)
+        try:
+            await self._write(tx, changed, audit, locks=new_keys)
+        except LockHeld as held:
+            fresh = await self.get(xid)
+            await self._release(fresh)
+            raise DecisionRefused(xid, f"the corrected request needs {held}", SUSPENDED) from None
         return await self._continue(tx, wait)
 
     async def rollback(
@@ -606,11 +654,12 @@ class Engine:
         *,
         release: bool = False,
         consume_signal: int | None = None,
+        locks: list[str] | None = None,
     ) -> None:
         tx.updated_at = self.clock()
         if release:
             tx.owner = tx.lease_until = None
-        await self.store.write(tx, blocks, audit, consume_signal)
+        await self.store.write(tx, blocks, audit, consume_signal, locks)
         if audit:
             tx.audit.append(audit)
         for o in self.observers:

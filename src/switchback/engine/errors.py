@@ -42,6 +42,17 @@ class Busy(DecisionRefused):
     """Another process owns the transaction right now."""
 
 
+class LockTimeout(EngineError):
+    """A resource lock stayed held by another transaction for longer than the scenario allows
+    (HTTP 409). Nothing was created."""
+
+    def __init__(self, key: str, holder: str, waited: float) -> None:
+        self.key = key
+        self.holder = holder
+        self.waited = waited
+        super().__init__(f"lock {key!r} is held by transaction {holder} (waited {waited:.3g} s)")
+
+
 class IdempotencyConflict(EngineError):
     """The same idempotency key was used with a different request."""
 

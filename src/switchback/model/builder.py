@@ -93,6 +93,7 @@ def scenario(
     timeout: float | None = 3600.0,
     async_: bool = False,
     lock_keys: list[str] | None = None,
+    lock_timeout: float = 10.0,
     result: str | None = None,
     description: str | None = None,
 ) -> ScenarioBuilder:
@@ -108,6 +109,7 @@ def scenario(
             timeout=timeout,
             async_=async_,
             lock_keys=list(lock_keys or []),
+            lock_timeout=lock_timeout,
         ),
         result=result,
         description=description,

@@ -7,6 +7,7 @@ from pathlib import Path
 from switchback.store.base import (
     DuplicateIdempotencyKey,
     FencedOut,
+    LockHeld,
     Store,
     StoreError,
     new_owner_id,
@@ -28,6 +29,7 @@ def open_store(url_or_dir: str | Path, *, synchronous: str = "FULL") -> Store:
 __all__ = [
     "DuplicateIdempotencyKey",
     "FencedOut",
+    "LockHeld",
     "SQLiteStore",
     "Store",
     "StoreError",

@@ -6,7 +6,7 @@ import abc
 from collections.abc import Sequence
 from typing import Any
 
-from switchback.store.records import AuditRecord, BlockRecord, SignalRecord, TxRecord
+from switchback.store.records import AuditRecord, BlockRecord, LockRecord, SignalRecord, TxRecord
 
 
 class StoreError(Exception):
@@ -21,6 +21,15 @@ class DuplicateIdempotencyKey(StoreError):
     def __init__(self, existing: TxRecord) -> None:
         self.existing = existing
         super().__init__(f"idempotency key already used by {existing.xid}")
+
+
+class LockHeld(StoreError):
+    """A resource lock key is held by another transaction."""
+
+    def __init__(self, key: str, holder: str) -> None:
+        self.key = key
+        self.holder = holder
+        super().__init__(f"lock {key!r} is held by transaction {holder}")
 
 
 class Store(abc.ABC):
@@ -40,9 +49,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def create(
-        self, tx: TxRecord, blocks: Sequence[BlockRecord], audit: AuditRecord | None = None
+        self,
+        tx: TxRecord,
+        blocks: Sequence[BlockRecord],
+        audit: AuditRecord | None = None,
+        locks: Sequence[str] = (),
     ) -> None:
-        """Insert a new transaction with its blocks. Raises DuplicateIdempotencyKey."""
+        """Insert a new transaction with its blocks, taking all its resource ``locks`` in the
+        same commit (all or nothing, so two transactions can never deadlock on them).
+        Raises DuplicateIdempotencyKey, or LockHeld (and inserts nothing)."""
 
     @abc.abstractmethod
     async def write(
@@ -51,10 +66,13 @@ class Store(abc.ABC):
         blocks: Sequence[BlockRecord] = (),
         audit: AuditRecord | None = None,
         consume_signal: int | None = None,
+        locks: Sequence[str] | None = None,
     ) -> None:
         """Update the transaction row and the given block rows, append the audit record and mark
         a signal consumed — all in one commit, only if ``tx.fence`` is still the stored one
-        (else FencedOut)."""
+        (else FencedOut). ``locks`` (if not None) becomes the transaction's exact set of lock
+        keys (LockHeld if another transaction holds one). When ``tx.status`` is final
+        (completed, rolled_back) the transaction's locks are released in the same commit."""
 
     @abc.abstractmethod
     async def load(self, xid: str) -> TxRecord | None:
@@ -95,6 +113,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def pending_signal(self, xid: str, name: str) -> SignalRecord | None:
         """The oldest unconsumed signal of that name for the transaction."""
+
+    @abc.abstractmethod
+    async def list_locks(self) -> list[LockRecord]:
+        """Every held lock, by key."""
 
     @abc.abstractmethod
     async def get_meta(self, key: str) -> Any: ...

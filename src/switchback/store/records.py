@@ -138,3 +138,13 @@ class TxRecord:
             "blocks": [b.to_dict() for b in self.blocks],
             "audit": [a.to_dict() for a in self.audit],
         }
+
+
+@dataclass
+class LockRecord:
+    key: str
+    xid: str
+    acquired_at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"key": self.key, "xid": self.xid, "acquired_at": self.acquired_at}

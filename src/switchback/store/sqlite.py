@@ -19,14 +19,22 @@ from typing import Any, TypeVar
 from switchback.store.base import (
     DuplicateIdempotencyKey,
     FencedOut,
+    LockHeld,
     Store,
     owner_is_dead,
 )
-from switchback.store.records import AuditRecord, BlockRecord, SignalRecord, TxRecord
+from switchback.store.records import (
+    FINAL,
+    AuditRecord,
+    BlockRecord,
+    LockRecord,
+    SignalRecord,
+    TxRecord,
+)
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Each entry migrates from version i to i+1. New versions append here; never edit old entries.
 MIGRATIONS: list[str] = [
@@ -90,6 +98,14 @@ MIGRATIONS: list[str] = [
         consumed INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX signals_xid ON signals (xid, name, consumed, id);
+    """,
+    """
+    CREATE TABLE locks (
+        key TEXT PRIMARY KEY,
+        xid TEXT NOT NULL,
+        acquired_at REAL NOT NULL
+    );
+    CREATE INDEX locks_xid ON locks (xid);
     """,
 ]
 
@@ -299,10 +315,16 @@ class SQLiteStore(Store):
     # -- writes --------------------------------------------------------------------------------
 
     async def create(
-        self, tx: TxRecord, blocks: Sequence[BlockRecord], audit: AuditRecord | None = None
+        self,
+        tx: TxRecord,
+        blocks: Sequence[BlockRecord],
+        audit: AuditRecord | None = None,
+        locks: Sequence[str] = (),
     ) -> None:
         def go(db: sqlite3.Connection) -> None:
             def body() -> None:
+                if locks:
+                    self._set_locks(db, tx.xid, locks, tx.created_at)
                 seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM transactions").fetchone()[0]
                 try:
                     db.execute(
@@ -346,6 +368,19 @@ class SQLiteStore(Store):
         await self._write_op(go)
 
     @staticmethod
+    def _set_locks(db: sqlite3.Connection, xid: str, keys: Sequence[str], now: float) -> None:
+        for key in sorted(set(keys)):
+            row = db.execute("SELECT xid FROM locks WHERE key=?", (key,)).fetchone()
+            if row and row[0] != xid:
+                raise LockHeld(key, row[0])
+        marks = ",".join("?" for _ in keys)
+        db.execute(f"DELETE FROM locks WHERE xid=? AND key NOT IN ({marks})", (xid, *keys))
+        db.executemany(
+            "INSERT OR IGNORE INTO locks (key, xid, acquired_at) VALUES (?, ?, ?)",
+            [(k, xid, now) for k in sorted(set(keys))],
+        )
+
+    @staticmethod
     def _audit(db: sqlite3.Connection, a: AuditRecord) -> None:
         db.execute(
             "INSERT INTO audit (xid, at, actor, action, reason, input) VALUES (?, ?, ?, ?, ?, ?)",
@@ -358,6 +393,7 @@ class SQLiteStore(Store):
         blocks: Sequence[BlockRecord] = (),
         audit: AuditRecord | None = None,
         consume_signal: int | None = None,
+        locks: Sequence[str] | None = None,
     ) -> None:
         tx_params = (
             tx.status, _dump(tx.request), tx.cursor, tx.reason, _dump(tx.error), _dump(tx.result),
@@ -382,6 +418,10 @@ class SQLiteStore(Store):
                     self._audit(db, audit)
                 if consume_signal is not None:
                     db.execute("UPDATE signals SET consumed=1 WHERE id=?", (consume_signal,))
+                if tx.status in FINAL:
+                    db.execute("DELETE FROM locks WHERE xid=?", (tx.xid,))
+                elif locks is not None:
+                    self._set_locks(db, tx.xid, locks, tx.updated_at)
 
             body()
 
@@ -555,6 +595,13 @@ class SQLiteStore(Store):
             return SignalRecord(
                 id=r[0], xid=r[1], name=r[2], payload=_load(r[3]), at=r[4], actor=r[5]
             )
+
+        return await self._run(go)
+
+    async def list_locks(self) -> list[LockRecord]:
+        def go(db: sqlite3.Connection) -> list[LockRecord]:
+            rows = db.execute("SELECT key, xid, acquired_at FROM locks ORDER BY key").fetchall()
+            return [LockRecord(key=k, xid=x, acquired_at=t) for k, x, t in rows]
 
         return await self._run(go)
 

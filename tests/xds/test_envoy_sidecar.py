@@ -170,3 +170,20 @@ async def test_invalid_update_is_nacked_and_last_good_config_kept(
     assert (await cp.wait_acked({"id": "old-1"}, v, timeout=5)).ok
     async with httpx.AsyncClient(timeout=5.0) as c:
         assert (await c.get(f"{sc.url}/after")).json()["app"] == "new"
+
+
+async def test_outbound_listener_resolves_peer_through_eds(
+    cp: ControlPlane, sidecars: SidecarFactory, app_factory
+) -> None:
+    from .conftest import free_port
+
+    scenario_a, scenario_b = app_factory("scenario-a"), app_factory("scenario-b")
+    out_port = free_port()
+    await cp.set_endpoints("scenario", [("127.0.0.1", scenario_a.port)])
+    await sidecars(cp.port, "apigw-1", app_factory("apigw"), outbound={"scenario": out_port})
+    async with httpx.AsyncClient(timeout=5.0) as c:
+        # The app calls its peer role through its own sidecar's outbound listener.
+        assert (await c.get(f"http://127.0.0.1:{out_port}/run")).json()["app"] == "scenario-a"
+        v = await cp.set_endpoints("scenario", [("127.0.0.1", scenario_b.port)])
+        assert (await cp.wait_acked({"id": "apigw-1"}, v, timeout=5)).ok
+        assert (await c.get(f"http://127.0.0.1:{out_port}/run")).json()["app"] == "scenario-b"

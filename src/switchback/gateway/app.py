@@ -33,6 +33,7 @@ from switchback.engine import (
     Engine,
     EngineError,
     IdempotencyConflict,
+    LockTimeout,
     RequestInvalid,
     UnknownScenario,
     UnknownTransaction,
@@ -565,6 +566,10 @@ async def _engine_error(request: Request, exc: Exception) -> Response:
             "idempotency key reused with a different request",
             {"xid": exc.xid, "message": str(exc)},
         )
+    if isinstance(exc, LockTimeout):
+        # Another transaction holds the resource (possibly parked); nothing was created.
+        detail = {"lock": exc.key, "holder": exc.holder, "waited_seconds": exc.waited}
+        return error_response(409, "resource locked by another transaction", detail)
     if isinstance(exc, DecisionRefused):
         detail = {"xid": exc.xid, "status": exc.status, "reason": str(exc)}
         return error_response(409, str(exc), detail)

@@ -216,7 +216,8 @@ def _errors(*codes: int) -> dict[str, Any]:
         401: "missing or invalid bearer token",
         404: "unknown transaction",
         405: "method not allowed (see Allow)",
-        409: "the decision does not apply to the transaction's current status",
+        409: "conflict: the decision does not apply to the current status, or (scenario calls) "
+        "a resource lock is held by another transaction",
         413: "request body over the configured limit",
         415: "body is not application/json",
         422: "validation failed: every violation with its JSON pointer",
@@ -275,7 +276,7 @@ def _scenario_operation(sc: Scenario, config: GatewayConfig) -> dict[str, Any]:
             "schema": {"type": "string", "enum": ["respond-async"]},
         },
     ]
-    codes = [400, 413, 415, 422] + ([401] if config.scenario_auth else [])
+    codes = [400, 409, 413, 415, 422] + ([401] if config.scenario_auth else [])
     responses = {
         "200": _json(_ref("Completed"), "completed; `result` is the result block's output"),
         "202": _json(

@@ -1,0 +1,111 @@
+"""The three roles as three processes on loopback sharing one store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from switchback.store import open_store
+from switchback.store.records import TxRecord
+from tests.gateway.conftest import Server, auth, start_server
+
+ORDER = {"item": "gear", "qty": 2}
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[dict[str, Server]]:
+    started: list[Server] = []
+    try:
+        scenario = start_server(tmp_path, role="scenario")
+        started.append(scenario)
+        common = {"data": scenario.data, "flags": scenario.flags}
+        started.append(start_server(tmp_path, role="transaction", **common))
+        started.append(
+            start_server(tmp_path, role="apigw", args=["--scenario-url", scenario.url], **common)
+        )
+        yield {"scenario": started[0], "transaction": started[1], "apigw": started[2]}
+    finally:
+        for s in reversed(started):
+            s.stop()
+
+
+def test_three_roles_run_a_scenario_and_a_decision_end_to_end(
+    cluster: dict[str, Server],
+) -> None:
+    gw = cluster["apigw"]
+    # Validation happens at the apigw: a bad body never reaches the scenario role.
+    bad = gw.client.post("/orders", json={"item": 1})
+    assert bad.status_code == 422
+    assert {v["path"] for v in bad.json()["detail"]["violations"]} == {"/", "/item"}
+    assert gw.client.get("/orders").status_code == 405
+    assert gw.client.get("/transactions").status_code == 401
+
+    ok = gw.client.post("/orders", json=ORDER)
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["result"]["charged"] == 20
+
+    (gw.flags / "fail").write_text("1")
+    parked = gw.client.post("/orders", json=ORDER, headers={"Idempotency-Key": "roles-1"})
+    assert parked.status_code == 424, parked.text
+    loc = parked.headers["location"]
+    assert gw.admin("GET", loc).json()["status"] == "suspended"
+    (gw.flags / "fail").unlink()
+    decided = gw.admin(
+        "POST", f"{loc}/rollforward", json={"reason": "via apigw"}, headers=auth("bob")
+    )
+    assert decided.status_code == 200, decided.text
+    tx = decided.json()
+    assert tx["status"] == "completed"
+    assert tx["audit"][-1]["actor"] == "bob"
+    assert tx["audit"][-1]["reason"] == "via apigw"
+    # Same key, same body through the apigw: the same transaction, now completed.
+    replay = gw.client.post("/orders", json=ORDER, headers={"Idempotency-Key": "roles-1"})
+    assert replay.status_code == 200
+    assert replay.json()["xid"] == tx["xid"]
+    # The apigw role has no engine; the transaction role serves only operations endpoints.
+    assert "/orders" in gw.client.get("/openapi.json").json()["paths"]
+    assert cluster["transaction"].client.post("/orders", json=ORDER).status_code == 404
+    assert cluster["transaction"].client.get("/readyz").json()["role"] == "transaction"
+
+
+def test_transaction_role_takes_over_after_the_scenario_role_dies(
+    cluster: dict[str, Server],
+) -> None:
+    gw, scenario = cluster["apigw"], cluster["scenario"]
+    r = gw.client.post("/slow", json={}, headers={"Prefer": "respond-async"})
+    assert r.status_code == 202, r.text
+    xid = r.json()["xid"]
+    started = scenario.flags / "started"
+    deadline = time.monotonic() + 10
+    while not started.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)  # polling for the block to start, not a synchronisation sleep
+    assert started.read_text() == xid
+    scenario.kill9()  # the non-idempotent block is now in doubt
+
+    # The transaction role notices the dead owner and parks the transaction as interrupted.
+    # Nothing else runs an engine now, so read the shared store directly.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        tx = asyncio.run(load(scenario.data, xid))
+        if tx.status == "suspended":
+            break
+        time.sleep(0.05)
+    assert tx.status == "suspended"
+    assert tx.reason == "interrupted"
+    assert tx.blocks[0].status == "failed"
+    assert any(a.action == "park_in_doubt" for a in tx.audit)
+
+
+async def load(data: Path, xid: str) -> TxRecord:
+    store = open_store(data)
+    await store.open()
+    try:
+        tx = await store.load(xid)
+        assert tx is not None
+        return tx
+    finally:
+        await store.close()

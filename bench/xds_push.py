@@ -142,7 +142,7 @@ async def bench_clients(n: int, rounds: int, channels: int) -> dict[str, Any]:
     child = spawn_clients(f"127.0.0.1:{port}", n, channels)
     try:
         deadline = time.monotonic() + 120
-        while len([x for x in cp.nodes(OLD) if x["connected"]]) < n:
+        while sum(st.connected for st in cp.cache.statuses(OLD)) < n:
             if time.monotonic() > deadline or child.poll() is not None:
                 raise RuntimeError("simulated clients did not connect")
             await cp.cache.wait_change(1.0)

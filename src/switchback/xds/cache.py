@@ -166,6 +166,7 @@ class SnapshotCache:
         self._status: dict[str, NodeStatus] = {}
         self._watchers: dict[str, set[Callable[[], None]]] = {}
         self._changed = asyncio.Event()
+        self._listeners: set[Callable[[str | None], None]] = set()
         # Called when a node first shows up without a snapshot, so the owner can build one.
         self.on_new_node: Callable[[NodeStatus], None] | None = None
 
@@ -182,7 +183,7 @@ class SnapshotCache:
         self._snapshots[node_id] = snap
         for wake in tuple(self._watchers.get(node_id, ())):
             wake()
-        self.notify()
+        self.notify(node_id)
 
     def clear_snapshot(self, node_id: str) -> None:
         self._snapshots.pop(node_id, None)
@@ -217,7 +218,7 @@ class SnapshotCache:
         st.acked_version = None
         if node_id not in self._snapshots and self.on_new_node is not None:
             self.on_new_node(st)
-        self.notify()
+        self.notify(node_id)
         return st
 
     def node_disconnected(self, node_id: str) -> None:
@@ -228,12 +229,12 @@ class SnapshotCache:
                 st.disconnected_at = time.time()
                 for ts in st.types.values():
                     ts.pending = False
-        self.notify()
+        self.notify(node_id)
 
     def forget(self, node_id: str) -> None:
         self._status.pop(node_id, None)
         self._snapshots.pop(node_id, None)
-        self.notify()
+        self.notify(node_id)
 
     def status(self, node_id: str) -> NodeStatus | None:
         return self._status.get(node_id)
@@ -242,10 +243,19 @@ class SnapshotCache:
         return [s for s in self._status.values() if matches(selector, s.labels())]
 
     # --- change notification -----------------------------------------------------------
-    def notify(self) -> None:
-        """Wake everyone in `wait_change` (status or snapshot moved)."""
+    def notify(self, node_id: str | None = None) -> None:
+        """A node's status or snapshot moved (None: anything may have): wake the waiters."""
         self._changed.set()
         self._changed = asyncio.Event()
+        for listener in tuple(self._listeners):
+            listener(node_id)
+
+    def subscribe(self, listener: Callable[[str | None], None]) -> Callable[[], None]:
+        """Call `listener(node_id)` on every change; returns the unsubscribe function.
+
+        Lets a waiter re-check only the nodes that moved (O(changes), not O(nodes))."""
+        self._listeners.add(listener)
+        return lambda: self._listeners.discard(listener)
 
     async def wait_change(self, timeout: float) -> None:
         ev = self._changed

@@ -14,6 +14,7 @@ version, environment, ...) plus `id` and `cluster`; a list value means "any of".
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -220,31 +221,20 @@ class ControlPlane:
         self.cache.forget(node_id)
         self._specs.pop(node_id, None)
 
-    def _report(
-        self, selector: Selector | None, version: int | None, expect: Iterable[str]
-    ) -> AckReport:
-        rep = AckReport(version)
-        statuses = self.cache.statuses(selector)
-        known = {st.id for st in statuses}
-        rep.pending.extend(n for n in expect if n not in known)  # not connected yet
-        for st in statuses:
-            snap = self.cache.snapshot(st.id)
-            if snap is None:
-                rep.pending.append(st.id)
-                continue
-            # A node untouched since `version` is done once it has its current snapshot.
-            target = snap.version if version is None else min(version, snap.version)
-            if st.acked_version is not None and st.acked_version >= target:
-                rep.acked.append(st.id)
-            elif not st.connected:
-                rep.disconnected.append(st.id)
-            elif st.last_nack is not None and st.last_nack.version >= target:
-                rep.nacked[st.id] = st.last_nack.error
-            else:
-                rep.pending.append(st.id)
-        for lst in (rep.acked, rep.pending, rep.disconnected):
-            lst.sort()
-        return rep
+    def _classify(self, st: NodeStatus, version: int | None) -> tuple[str, str]:
+        """-> (acked | pending | nacked | disconnected, NACK error text)."""
+        snap = self.cache.snapshot(st.id)
+        if snap is None:
+            return ("pending", "") if st.connected else ("disconnected", "")
+        # A node untouched since `version` is done once it has its current snapshot.
+        target = snap.version if version is None else min(version, snap.version)
+        if st.acked_version is not None and st.acked_version >= target:
+            return "acked", ""
+        if not st.connected:
+            return "disconnected", ""
+        if st.last_nack is not None and st.last_nack.version >= target:
+            return "nacked", st.last_nack.error
+        return "pending", ""
 
     async def wait_acked(
         self,
@@ -261,11 +251,54 @@ class ControlPlane:
         expect = tuple(expect)
         start = time.monotonic()
         deadline = start + timeout
-        while True:
-            rep = self._report(selector, version, expect)
-            now = time.monotonic()
-            if not rep.pending or now >= deadline:
-                rep.timed_out = bool(rep.pending)
-                rep.elapsed = now - start
-                return rep
-            await self.cache.wait_change(deadline - now)
+        state: dict[str, tuple[str, str]] = {}
+        waiting: set[str] = set()
+        dirty: set[str | None] = {None}
+        wake = asyncio.Event()
+
+        def on_change(node_id: str | None) -> None:
+            dirty.add(node_id)
+            wake.set()
+
+        unsubscribe = self.cache.subscribe(on_change)
+        try:
+            while True:
+                changed = set(dirty)
+                dirty.clear()
+                wake.clear()
+                if None in changed:
+                    state = {
+                        st.id: self._classify(st, version) for st in self.cache.statuses(selector)
+                    }
+                    waiting = {n for n, (c, _) in state.items() if c == "pending"}
+                else:
+                    # Only the nodes that moved are re-checked.
+                    for node_id in changed:
+                        assert node_id is not None
+                        st = self.cache.status(node_id)
+                        if st is None:
+                            state.pop(node_id, None)
+                        elif node_id in state or matches(selector, st.labels()):
+                            state[node_id] = self._classify(st, version)
+                        else:
+                            continue
+                        if state.get(node_id, ("",))[0] == "pending":
+                            waiting.add(node_id)
+                        else:
+                            waiting.discard(node_id)
+                missing = [n for n in expect if n not in state]
+                pending = bool(missing or waiting)
+                now = time.monotonic()
+                if not pending or now >= deadline:
+                    rep = AckReport(version, pending=missing, timed_out=bool(pending))
+                    for node_id, (cat, error) in sorted(state.items()):
+                        if cat == "nacked":
+                            rep.nacked[node_id] = error
+                        else:
+                            getattr(rep, cat).append(node_id)
+                    rep.elapsed = now - start
+                    return rep
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), deadline - now)
+        finally:
+            unsubscribe()

@@ -301,7 +301,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                 if stream is not None:
                     for resp in stream.reconcile():
                         yield resp
-                    self.cache.notify()
+                    self.cache.notify(stream.node_id)
         finally:
             reader.cancel()
             if cancel_watch is not None:

@@ -362,7 +362,14 @@ class Gateway:
             return await self._list(request)
         if action == "get":
             tx = await engine.get(xid)
-            tracebacks = request.query_params.get("traceback") in ("1", "true")
+            flag = request.query_params.get("traceback", "false")
+            if flag not in ("true", "false", "1", "0"):
+                raise HTTPError(
+                    422,
+                    "invalid query parameters",
+                    {"violations": [{"path": "/traceback", "message": "true or false"}]},
+                )
+            tracebacks = flag in ("true", "1")
             return json_response(200, tx_detail(tx, tracebacks=tracebacks))
         if action == "plan":
             return json_response(200, await engine.plan(xid))
@@ -409,7 +416,7 @@ class Gateway:
         limit = int(limit_text) if re.fullmatch(r"\d{1,4}", limit_text) else -1
         if not 1 <= limit <= 1000:
             problems.append({"path": "/limit", "message": "an integer from 1 to 1000"})
-        cursor = q.get("cursor") or None
+        cursor = q.get("cursor")
         if cursor is not None and not re.fullmatch(r"\d{1,19}", cursor):
             problems.append({"path": "/cursor", "message": "not a cursor this API returned"})
         if problems:

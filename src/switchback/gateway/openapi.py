@@ -272,8 +272,8 @@ def _scenario_operation(sc: Scenario, config: GatewayConfig) -> dict[str, Any]:
             "name": "Prefer",
             "in": "header",
             "required": False,
-            "description": "respond-async → 202 at once",
-            "schema": {"type": "string", "enum": ["respond-async"]},
+            "description": "respond-async → 202 at once (other preferences are ignored, RFC 7240)",
+            "schema": {"type": "string"},
         },
     ]
     codes = [400, 409, 413, 415, 422] + ([401] if config.scenario_auth else [])
@@ -318,7 +318,8 @@ PREFER = {
     "name": "Prefer",
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "enum": ["respond-async"]},
+    "description": "respond-async → 202 without waiting (other preferences are ignored)",
+    "schema": {"type": "string"},
 }
 
 

@@ -91,8 +91,10 @@ def status(admin: str = AdminOpt, selector: str = SelectorOpt, as_json: bool = J
         table.add_column(col)
     for n in data["nodes"]:
         md = n["metadata"]
+        # Per type: ✓ ACKed, … response in flight, - nothing ACKed yet (numbers: --json).
         types = " ".join(
-            f"{t}:{'…' if s['pending'] else ''}{s['acked'] or '-'}" for t, s in n["types"].items()
+            f"{t}{'…' if s['pending'] else '✓' if s['acked'] else '-'}"
+            for t, s in n["types"].items()
         )
         nack = n["last_nack"]
         table.add_row(
@@ -122,6 +124,9 @@ def _wait(admin: str, selector: dict[str, Any], version: int, timeout: float) ->
         json={"selector": selector, "version": version, "timeout": timeout},
         timeout=timeout + 5,
     )
+    if not any(rep[k] for k in ("acked", "pending", "nacked", "disconnected")):
+        out.print("[yellow]no node matches the selector[/yellow]")
+        return
     colour = "green" if rep["ok"] else "red"
     out.print(
         f"[{colour}]version {version}: {len(rep['acked'])} acked in {rep['elapsed'] * 1000:.0f} ms"

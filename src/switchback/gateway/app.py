@@ -32,6 +32,7 @@ from switchback.engine import (
     DecisionRefused,
     Engine,
     EngineError,
+    EngineObserver,
     IdempotencyConflict,
     LockTimeout,
     RequestInvalid,
@@ -43,6 +44,7 @@ from switchback.gateway.config import GatewayConfig
 from switchback.gateway.forward import Forwarder
 from switchback.gateway.http import (
     HTTPError,
+    dumps,
     error_response,
     json_response,
     prefers_async,
@@ -222,6 +224,34 @@ def merge_path_params(sc: Scenario, body: Any, params: dict[str, str]) -> Any:
     return body
 
 
+class Waiters(EngineObserver):
+    """Wakes a waiting HTTP handler when its transaction stops moving (completed, parked,
+    waiting for a signal), straight from the engine's write hook: the handler then answers from
+    the in-memory record, with no extra store read."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, list[asyncio.Future[TxRecord]]] = {}
+
+    def watch(self, xid: str) -> asyncio.Future[TxRecord]:
+        fut: asyncio.Future[TxRecord] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(xid, []).append(fut)
+        return fut
+
+    def forget(self, xid: str, fut: asyncio.Future[TxRecord]) -> None:
+        futs = self._waiting.get(xid)
+        if futs and fut in futs:
+            futs.remove(fut)
+            if not futs:
+                del self._waiting[xid]
+
+    def transaction_changed(self, tx: TxRecord) -> None:
+        if tx.status in ACTIVE:
+            return
+        for fut in self._waiting.pop(tx.xid, []):
+            if not fut.done():
+                fut.set_result(tx)
+
+
 class Gateway:
     """State shared by the handlers of one process."""
 
@@ -238,9 +268,10 @@ class Gateway:
         self.tokens = TokenSet(config.tokens)
         self.metrics = Metrics()
         self.engine: Engine | None = None
+        self.waiters = Waiters()
         if config.runs_engine:
             store = store or open_store(data_dir or ".switchback")
-            self.engine = Engine(app, store, observers=[self.metrics])
+            self.engine = Engine(app, store, observers=[self.metrics, self.waiters])
         self.forwarder: Forwarder | None = None
         self.ready = False
         self._sweeper: asyncio.Task[None] | None = None
@@ -316,6 +347,30 @@ class Gateway:
             return max(0.0, tx.deadline - time.time()) + 0.5
         return self.config.default_wait
 
+    async def settle(self, tx: TxRecord) -> TxRecord:
+        """Wait until the transaction stops moving, up to its deadline; then its state."""
+        assert self.engine is not None
+        engine = self.engine
+        bound = self.wait_bound(tx)
+        if tx.status not in ACTIVE:
+            return tx
+        if not engine.is_running_here(tx.xid):
+            return await engine.wait(tx.xid, bound)
+        fut = self.waiters.watch(tx.xid)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + bound
+        try:
+            while (left := end - loop.time()) > 0:
+                done, _ = await asyncio.wait({fut}, timeout=min(left, 1.0))
+                if done:
+                    return fut.result()
+                # The driver can also stop without a status write (lost lease, store error).
+                if not engine.is_running_here(tx.xid):
+                    break
+        finally:
+            self.waiters.forget(tx.xid, fut)
+        return await engine.get(tx.xid)
+
     async def call_scenario(self, request: Request, sc: Scenario) -> Response:
         actor = self.authenticate(request, self.config.scenario_auth)
         key = request.headers.get("idempotency-key")
@@ -327,22 +382,21 @@ class Gateway:
             )
         body = await read_json(request, self.config.max_body, empty={})
         body = merge_path_params(sc, body, dict(request.path_params))
-        violations = sc.validate_request(body)
-        if violations:
-            raise invalid(violations)
         if self.forwarder is not None:
-            from switchback.gateway.http import dumps
-
+            violations = sc.validate_request(body)
+            if violations:
+                raise invalid(violations)
             return await self.forwarder.forward(request, dumps(body))
         assert self.engine is not None
+        # The engine validates before it creates anything (RequestInvalid → the same 422), so
+        # the schema is checked once per call.
         tx = await self.engine.start(sc.name, body, actor=actor, idempotency_key=key)
         current_xid.set(tx.xid)
         if (prefers_async(request) or sc.transaction.async_) and tx.status in ACTIVE:
             return json_response(
                 202, {"xid": tx.xid, "status": tx.status}, {"Location": location(tx.xid)}
             )
-        tx = await self.engine.wait(tx.xid, self.wait_bound(tx))
-        return scenario_response(tx)
+        return scenario_response(await self.settle(tx))
 
     # -- admin API -------------------------------------------------------------------------------
 
@@ -400,7 +454,7 @@ class Gateway:
                 wait=False,
             )
         if tx.status in ACTIVE and not prefers_async(request):
-            tx = await engine.wait(xid, self.wait_bound(tx))
+            tx = await self.settle(tx)
         if tx.status in ACTIVE:
             return json_response(202, tx_detail(tx), {"Location": location(xid)})
         return json_response(200, tx_detail(tx))
@@ -446,8 +500,6 @@ class Gateway:
 
     async def openapi_endpoint(self, request: Request) -> Response:
         if self._openapi_body is None:
-            from switchback.gateway.http import dumps
-
             self._openapi_body = dumps(self.openapi)
         return Response(self._openapi_body, media_type="application/json")
 
@@ -479,11 +531,16 @@ def _admin_handler(gw: Gateway, action: str) -> Handler:
 
 
 def routes_for(gw: Gateway) -> list[Route]:
-    by_path: dict[str, dict[str, Handler]] = {
-        "/healthz": {"GET": gw.healthz},
-        "/readyz": {"GET": gw.readyz},
-        "/metrics": {"GET": gw.metrics_endpoint},
-    }
+    by_path: dict[str, dict[str, Handler]] = {}
+    # Scenario routes first: they carry the traffic, and the router tries routes in order.
+    # (They cannot shadow the fixed paths below: those are reserved.)
+    if gw.config.serves_scenarios:
+        for sc in gw.app.scenarios.values():
+            if sc.path:
+                by_path.setdefault(sc.path, {})[sc.method] = _sc_handler(gw, sc)
+    by_path["/healthz"] = {"GET": gw.healthz}
+    by_path["/readyz"] = {"GET": gw.readyz}
+    by_path["/metrics"] = {"GET": gw.metrics_endpoint}
     if gw.config.serves_admin:
         a = lambda action: _admin_handler(gw, action)  # noqa: E731
         by_path["/openapi.json"] = {"GET": gw.openapi_endpoint}
@@ -493,10 +550,6 @@ def routes_for(gw: Gateway) -> list[Route]:
         for action in ("rollforward", "rollback", "compensated"):
             by_path[f"/transactions/{{xid}}/{action}"] = {"POST": a(action)}
         by_path["/transactions/{xid}/signals/{name}"] = {"POST": a("signal")}
-    if gw.config.serves_scenarios:
-        for sc in gw.app.scenarios.values():
-            if sc.path:
-                by_path.setdefault(sc.path, {})[sc.method] = _sc_handler(gw, sc)
     return [_route(path, handlers) for path, handlers in by_path.items()]
 
 

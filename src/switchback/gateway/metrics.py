@@ -3,6 +3,8 @@ durations. One registry per gateway app, so that several apps can live in one pr
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -44,6 +46,8 @@ class Metrics(EngineObserver):
         # Last status seen per live transaction, so only changes are counted. Entries go away
         # when the transaction is final; parked ones stay until decided.
         self._last: dict[str, str] = {}
+        # labels() costs a lock and a dict lookup per call; the children are cached here.
+        self._req_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     # EngineObserver
     def transaction_changed(self, tx: TxRecord) -> None:
@@ -60,8 +64,18 @@ class Metrics(EngineObserver):
         self.blocks.labels(tx.scenario, block, phase, "ok" if ok else "error").observe(seconds)
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
-        self.requests.labels(route, method, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        key = (route, method, status)
+        children = self._req_children.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(route, method, str(status)),
+                self.latency.labels(route),
+            )
+            # Routes are templates and methods a few, so this stays small; bound it anyway.
+            if len(self._req_children) < 10_000:
+                self._req_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,0 +1,267 @@
+"""HTTP benchmark: a synchronous scenario (request validation + one no-op block, durable on
+SQLite) served by `switchback serve`, against the ceiling: a bare Starlette endpoint on the same
+uvicorn settings that only validates the same JSON.
+
+    .venv/bin/python bench/http.py [--seconds 10] [--connections 32]
+
+Keep-alive clients (a small raw HTTP/1.1 client on asyncio, in its own process, so that the
+client's cost is the same for both servers). Prints req/s and p50/p99 latency for each, and the
+ratio. Not a timed test: figures depend on the machine.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# This file is named http.py: keep its folder off the import path, or it shadows the stdlib's
+# `http` package for everything imported below (httpx, uvicorn).
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from typing import Any
+
+VENV_BIN = Path(sys.executable).parent
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["site", "prefix"],
+    "properties": {
+        "site": {"type": "string", "pattern": "^[a-z][a-z0-9-]{0,30}$"},
+        "prefix": {"type": "string", "pattern": "^[0-9]{1,3}(\\.[0-9]{1,3}){3}/[0-9]{1,2}$"},
+        "owner": {"type": "string"},
+    },
+}
+BODY = json.dumps({"site": "tokyo-1", "prefix": "10.1.0.0/24", "owner": "netops"}).encode()
+SCENARIO = f"""
+name: bench
+method: POST
+path: /bench
+request: {json.dumps(SCHEMA)}
+transaction:
+  timeout: 30
+blocks:
+  - name: noop
+    do: benchblocks:noop
+    idempotent: true
+"""
+BLOCKS = '''
+async def noop(ctx):
+    return {"ok": True}
+'''
+
+
+# -- the ceiling: same framework, same server settings, validation only ----------------------------
+
+
+def ceiling_app() -> Any:
+    from jsonschema import Draft202012Validator
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    validator = Draft202012Validator(SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER)
+
+    async def endpoint(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return Response(b'{"error":"malformed JSON"}', 400, media_type="application/json")
+        errors = [e.message for e in validator.iter_errors(body)]
+        if errors:
+            return Response(json.dumps({"error": errors}), 422, media_type="application/json")
+        return Response(b'{"status":"ok"}', 200, media_type="application/json")
+
+    return Starlette(routes=[Route("/bench", endpoint, methods=["POST"])])
+
+
+def run_ceiling(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(
+        ceiling_app(),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        access_log=False,
+        limit_concurrency=1000,
+        timeout_keep_alive=5,
+        server_header=False,
+    )
+
+
+# -- load generator ------------------------------------------------------------------------------
+
+
+async def _worker(
+    port: int, stop_at: float, measure_from: float, lat: list[float], errors: list[int]
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    request = (
+        b"POST /bench HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY
+    )
+    try:
+        while True:
+            began = time.perf_counter()
+            if began >= stop_at:
+                return
+            writer.write(request)
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head[9:12])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            await reader.readexactly(length)
+            if began >= measure_from:
+                lat.append(time.perf_counter() - began)
+                if status != 200:
+                    errors.append(status)
+    finally:
+        writer.close()
+
+
+def _load(port: int, seconds: float, warmup: float, connections: int, out: Any) -> None:
+    async def main() -> tuple[list[float], list[int]]:
+        lat: list[float] = []
+        errors: list[int] = []
+        now = time.perf_counter()
+        await asyncio.gather(
+            *(
+                _worker(port, now + warmup + seconds, now + warmup, lat, errors)
+                for _ in range(connections)
+            )
+        )
+        return lat, errors
+
+    lat, errors = asyncio.run(main())
+    out.send((lat, errors))
+
+
+def measure(port: int, seconds: float, warmup: float, connections: int) -> dict[str, float]:
+    parent, child = mp.Pipe()
+    p = mp.Process(target=_load, args=(port, seconds, warmup, connections, child))
+    p.start()
+    lat, errors = parent.recv()
+    p.join()
+    lat.sort()
+    n = len(lat)
+    return {
+        "requests": n,
+        "rps": n / seconds,
+        "p50_ms": lat[n // 2] * 1000 if n else float("nan"),
+        "p99_ms": lat[min(n - 1, int(n * 0.99))] * 1000 if n else float("nan"),
+        "non_200": len(errors),
+    }
+
+
+# -- orchestration -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(port: int, path: str, proc: subprocess.Popen[bytes] | mp.Process) -> None:
+    import httpx
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        alive = proc.poll() is None if isinstance(proc, subprocess.Popen) else proc.is_alive()
+        if not alive:
+            raise SystemExit("server exited during start-up")
+        try:
+            r = httpx.request(
+                "POST" if path == "/bench" else "GET",
+                f"http://127.0.0.1:{port}{path}",
+                content=BODY,
+                headers={"Content-Type": "application/json"},
+                timeout=1,
+            )
+            if r.status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise SystemExit(f"server on {port} not ready")
+
+
+def show(name: str, r: dict[str, float]) -> None:
+    print(
+        f"{name:<34} {r['rps']:>9.0f} req/s   p50 {r['p50_ms']:>7.2f} ms   "
+        f"p99 {r['p99_ms']:>7.2f} ms   ({r['requests']} requests, {r['non_200']} non-200)"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--access-log", action="store_true", help="keep the gateway's access log on")
+    args = ap.parse_args()
+
+    results: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp:
+        root = Path(tmp)
+        app = root / "app"
+        (app / "scenarios").mkdir(parents=True)
+        (app / "scenarios" / "bench.yaml").write_text(SCENARIO)
+        (app / "benchblocks.py").write_text(BLOCKS)
+
+        port = free_port()
+        ceiling = mp.Process(target=run_ceiling, args=(port,), daemon=True)
+        ceiling.start()
+        try:
+            wait_ready(port, "/bench", ceiling)
+            results["ceiling (validate only)"] = measure(
+                port, args.seconds, args.warmup, args.connections
+            )
+        finally:
+            if ceiling.pid:
+                os.kill(ceiling.pid, signal.SIGTERM)
+            ceiling.join(10)
+
+        port = free_port()
+        cmd = [str(VENV_BIN / "switchback"), "serve", str(app), "--port", str(port),
+               "--data", str(root / "data")]  # fmt: skip
+        if not args.access_log:
+            cmd.append("--no-access-log")
+        log = (root / "serve.log").open("wb")
+        gw = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+        try:
+            wait_ready(port, "/readyz", gw)
+            results["switchback scenario (1 no-op)"] = measure(
+                port, args.seconds, args.warmup, args.connections
+            )
+        finally:
+            gw.send_signal(signal.SIGTERM)
+            gw.wait(30)
+            log.close()
+
+    print(
+        f"\n{args.connections} keep-alive connections, {args.seconds:g} s each "
+        f"(+{args.warmup:g} s warm-up), one server process, {os.cpu_count()} CPUs\n"
+    )
+    for name, r in results.items():
+        show(name, r)
+    ratio = results["switchback scenario (1 no-op)"]["rps"] / results["ceiling (validate only)"]["rps"]
+    print(f"\nratio: {ratio:.2f} of the ceiling's req/s (target ≥ 0.30)")
+
+
+if __name__ == "__main__":
+    main()

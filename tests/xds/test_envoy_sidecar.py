@@ -7,7 +7,7 @@ import time
 
 import httpx
 
-from switchback.xds.cache import ROUTE
+from switchback.xds.cache import ROUTE, Snapshot
 from switchback.xds.control import ControlPlane
 from switchback.xds.resources import REDIRECT_HEADER, _route_to, route_config
 
@@ -146,7 +146,7 @@ async def test_invalid_update_is_nacked_and_last_good_config_kept(
     snap = cp.cache.snapshot("old-1")
     assert snap is not None
     bad_routes = {"inbound": route_config("inbound", [_route_to("no-such-cluster")])}
-    bad = type(snap)(cp.state.next_version(), {**snap.resources, ROUTE: bad_routes})
+    bad = Snapshot(cp.state.next_version(), {**snap.resources, ROUTE: bad_routes})
     cp.cache.set_snapshot("old-1", bad)
 
     report = await cp.wait_acked({"id": "old-1"}, bad.version, timeout=5)

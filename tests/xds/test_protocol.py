@@ -119,6 +119,20 @@ async def test_redirect_applies_to_nodes_that_connect_later(cp: ControlPlane, cl
     assert cp.nodes()[0]["acked_version"] >= v
 
 
+async def test_node_reconnecting_with_new_metadata_gets_new_config(
+    cp: ControlPlane, clients
+) -> None:
+    c = await clients("n1", listen_port=1000)
+    assert (await cp.wait_acked(None, timeout=5, expect=["n1"])).ok
+    v1 = cp.nodes()[0]["version"]
+    await c.stop()
+    c2 = await clients("n1", listen_port=2000)  # same id, restarted elsewhere
+    await c2.wait_for(lambda c: "inbound" in c.resources[LISTENER])
+    assert c2.resources[LISTENER]["inbound"].address.socket_address.port_value == 2000
+    assert (await cp.wait_acked(None, timeout=5, expect=["n1"])).ok
+    assert cp.nodes()[0]["version"] > v1
+
+
 def test_state_store_survives_restart(tmp_path: Path) -> None:
     path = tmp_path / "s.json"
     s = StateStore(path)

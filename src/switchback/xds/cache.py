@@ -167,7 +167,8 @@ class SnapshotCache:
         self._watchers: dict[str, set[Callable[[], None]]] = {}
         self._changed = asyncio.Event()
         self._listeners: set[Callable[[str | None], None]] = set()
-        # Called when a node first shows up without a snapshot, so the owner can build one.
+        # Called when a node shows up without a snapshot, or with new metadata, so the owner
+        # can build (or rebuild) its snapshot.
         self.on_new_node: Callable[[NodeStatus], None] | None = None
 
     # --- snapshots -------------------------------------------------------------------
@@ -208,7 +209,10 @@ class SnapshotCache:
         st = self._status.get(node_id)
         if st is None:
             st = self._status[node_id] = NodeStatus(node_id)
-        st.cluster, st.metadata, st.peer = cluster, _intify(metadata), peer
+        metadata = _intify(metadata)
+        # Same id, new identity (e.g. a restarted instance on another port): rebuild.
+        changed = (st.cluster, st.metadata) != (cluster, metadata)
+        st.cluster, st.metadata, st.peer = cluster, metadata, peer
         st.streams += 1
         st.connected_at = time.time()
         # A fresh stream starts with nothing sent: per-type state restarts, and the node only
@@ -216,7 +220,7 @@ class SnapshotCache:
         # a brand-new Envoy process that reuses the id).
         st.types.clear()
         st.acked_version = None
-        if node_id not in self._snapshots and self.on_new_node is not None:
+        if (changed or node_id not in self._snapshots) and self.on_new_node is not None:
             self.on_new_node(st)
         self.notify(node_id)
         return st

@@ -118,7 +118,8 @@ class ControlPlane:
         """Declare a node's spec by API; otherwise it comes from its bootstrap metadata."""
         self._registered[node_id] = spec
         self._specs[node_id] = spec
-        self._rebuild([node_id], self.state.version)
+        fresh = self.cache.snapshot(node_id) is None
+        self._rebuild([node_id], self.state.version if fresh else self._bump())
 
     def _on_new_node(self, st: NodeStatus) -> None:
         try:
@@ -128,7 +129,9 @@ class ControlPlane:
             return
         st.error = None
         self._specs[st.id] = spec
-        self._rebuild([st.id], self.state.version)
+        # A changed spec for a node that already has a snapshot needs a fresh version.
+        fresh = self.cache.snapshot(st.id) is None
+        self._rebuild([st.id], self.state.version if fresh else self._bump())
 
     def _version_seen(self, node_id: str, seen: int) -> None:
         self.state.ensure_above(seen)
@@ -166,10 +169,14 @@ class ControlPlane:
                 changed.append(node_id)
         return changed
 
+    def _bump(self) -> int:
+        version = self.state.next_version()
+        self.state.save()  # before pushing: a restart must never reuse the version
+        return version
+
     async def _apply(self) -> int:
         """Persist the intent with a fresh version, then push to every node it changes."""
-        version = self.state.next_version()
-        self.state.save()
+        version = self._bump()
         self._rebuild(list(self._specs), version)
         return version
 

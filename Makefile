@@ -23,10 +23,22 @@ install: $(VENV)/.installed
 system-deps:
 	bash scripts/system-deps.sh
 
+# Serves the example app over HTTP (all roles in one process, SQLite in $(DATA)). Without
+# SWITCHBACK_ADMIN_TOKENS in the environment a development token "dev-token" is used.
+PORT ?= 9099
 up: install
 	$(BIN)/switchback lint $(APP)
-	QUICKSTART_DIR=$(DATA)/quickstart-inventory $(BIN)/switchback run $(APP) provision --input $(APP)/request.json --data $(DATA)
-	@echo "Next: $(BIN)/switchback tx list --data $(DATA)   (see README.md)"
+	@url=http://127.0.0.1:$(PORT); tok=$${SWITCHBACK_ADMIN_TOKENS:+<your token>}; tok=$${tok:-dev-token}; \
+	echo ""; \
+	echo "switchback gateway on $$url  (docs/gateway.md; Ctrl-C stops it)"; \
+	echo "  curl -s $$url/sites -H 'Content-Type: application/json' -d @$(APP)/request.json"; \
+	echo "  curl -s $$url/transactions -H 'Authorization: Bearer '$$tok"; \
+	echo "  curl -s $$url/openapi.json | head -c 300; curl -s $$url/metrics | head"; \
+	echo "  $(BIN)/switchback tx list --server $$url   (with SWITCHBACK_TOKEN=$$tok)"; \
+	echo ""
+	SWITCHBACK_ADMIN_TOKENS="$${SWITCHBACK_ADMIN_TOKENS:-dev=dev-token}" \
+	QUICKSTART_DIR=$(DATA)/quickstart-inventory \
+	exec $(BIN)/switchback serve $(APP) --data $(DATA) --port $(PORT)
 
 lint: install
 	$(BIN)/ruff check src tests bench examples

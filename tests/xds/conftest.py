@@ -176,4 +176,4 @@ def envoy_stat(sc: Sidecar, name: str) -> int:
     for s in r.json().get("stats", []):
         if s.get("name") == name:
             return int(s.get("value") or 0)
-    return 0
+    raise KeyError(f"{sc.node_id}: no Envoy stat {name}")

@@ -90,6 +90,10 @@ async def test_redirect_moves_a_pinned_keepalive_connection(
     assert any(by == "old-1" for _, by in new.app.seen)
     # All of it went over one downstream connection of the old sidecar.
     assert envoy_stat(old, "http.inbound.downstream_cx_total") == 1
+    # The redirect was a route (RDS) change only: no listener was modified or drained.
+    assert envoy_stat(old, "listener_manager.listener_modified") == 0
+    assert envoy_stat(old, "listener_manager.total_listeners_draining") == 0
+    assert envoy_stat(old, "http.inbound.rds.inbound.update_success") >= 2
 
 
 async def test_clear_redirect_returns_traffic_to_local_app(

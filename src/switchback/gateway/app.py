@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -553,6 +554,16 @@ def routes_for(gw: Gateway) -> list[Route]:
     return [_route(path, handlers) for path, handlers in by_path.items()]
 
 
+_SERVED_BY: list[tuple[bytes, bytes]] = [
+    (name.encode(), os.environ[var].encode())
+    for name, var in (
+        ("x-switchback-version", "SWITCHBACK_VERSION"),
+        ("x-switchback-instance", "SWITCHBACK_INSTANCE"),
+    )
+    if os.environ.get(var)
+]
+
+
 class ObserveMiddleware:
     """Counts every request by route template and status, and writes one JSON access-log line."""
 
@@ -573,6 +584,9 @@ class ObserveMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if _SERVED_BY:
+                    # Which build and instance answered: how a release is watched from outside.
+                    message["headers"] = [*message.get("headers", []), *_SERVED_BY]
             await send(message)
 
         try:

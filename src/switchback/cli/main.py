@@ -21,6 +21,12 @@ def _register() -> None:
     app.command("lint")(lint.lint)
     app.command("locks")(lint.locks)
     app.add_typer(tx.app, name="tx")
+    from switchback.cli import release
+
+    app.command("up")(release.up)
+    app.command("down")(release.down)
+    app.add_typer(release.app, name="release")
+    app.add_typer(release.controller_app, name="controller")
     from switchback.cli import serve
 
     app.command("serve")(serve.serve)

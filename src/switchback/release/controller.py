@@ -1,0 +1,294 @@
+"""The controller: our xDS control plane, the local runtime and the engine that runs release
+transactions, in one process, with a small JSON API that the CLI talks to.
+
+Started in the background by ``switchback up``; its address and token are in
+``<data>/controller.json`` (mode 0600).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from switchback.engine import (
+    DecisionRefused,
+    Engine,
+    EngineError,
+    RequestInvalid,
+    UnknownTransaction,
+)
+from switchback.engine.errors import LockTimeout
+from switchback.release import scenario as release_scenario
+from switchback.release.scenario import (
+    POINT_OF_NO_RETURN,
+    RELEASE,
+    RELEASE_WITH_APPROVAL,
+    release_app,
+)
+from switchback.runtime.local import LocalRuntime, RuntimeError_
+from switchback.runtime.processes import free_port
+from switchback.store import open_store
+from switchback.store.records import FINAL, TxRecord
+from switchback.xds.control import ControlPlane
+
+log = logging.getLogger("switchback.controller")
+
+
+def info_path(data: Path) -> Path:
+    return data / "controller.json"
+
+
+def read_info(data: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(info_path(data).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+class Controller:
+    def __init__(self, data: Path, *, admin_port: int = 0, xds_port: int = 0) -> None:
+        self.data = data.resolve()
+        self.data.mkdir(parents=True, exist_ok=True)
+        previous = read_info(self.data) or {}
+        self.admin_port = admin_port or previous.get("admin_port") or free_port()
+        # The same xDS port after a restart: running sidecars reconnect to it.
+        self.xds_port = xds_port or previous.get("xds_port") or free_port()
+        self.token = previous.get("token") or secrets.token_urlsafe(24)
+        # The apps' admin token, handed to every instance (the controller calls their API).
+        self.app_token = previous.get("app_token") or secrets.token_urlsafe(24)
+        self.cp = ControlPlane(state_file=self.data / "xds-state.json")
+        self.runtime = LocalRuntime(
+            self.data / "runtime",
+            self.cp,
+            env_vars={"SWITCHBACK_ADMIN_TOKENS": f"controller={self.app_token}"},
+        )
+        self.engine = Engine(release_app(), open_store(self.data / "controller"))
+        self._stop = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        await self.cp.start("127.0.0.1", self.xds_port)
+        self.runtime.root.mkdir(parents=True, exist_ok=True)
+        self.runtime.load()
+        await self.runtime.adopt()
+        release_scenario.RUNTIME = self.runtime
+        await self.engine.open()
+        server = uvicorn.Server(
+            uvicorn.Config(
+                self.api(),
+                host="127.0.0.1",
+                port=self.admin_port,
+                log_level="warning",
+                lifespan="off",
+            )
+        )
+        serving = asyncio.create_task(server.serve())
+        while not server.started:
+            if serving.done():
+                await serving  # raises the bind error
+            await asyncio.sleep(0.01)
+        self._write_info()
+        await self.engine.recover()  # a release interrupted by a controller crash goes on
+        sweeper = asyncio.create_task(self.engine.sweep_forever(2.0))
+        await self._stop.wait()
+        server.should_exit = True
+        await serving
+        sweeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sweeper
+        await self.engine.close()
+        await self.cp.stop(1.0)
+        info_path(self.data).unlink(missing_ok=True)
+
+    def _write_info(self) -> None:
+        path = info_path(self.data)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(
+                {"pid": os.getpid(), "admin_port": self.admin_port, "xds_port": self.xds_port,
+                 "token": self.token, "app_token": self.app_token, "url": f"http://127.0.0.1:{self.admin_port}"},
+                f,
+            )  # fmt: skip
+        os.replace(tmp, path)
+
+    # -- API -----------------------------------------------------------------------------------
+
+    def api(self) -> Starlette:
+        def guard(handler: Any) -> Any:
+            async def wrapped(request: Request) -> JSONResponse:
+                given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+                if not hmac.compare_digest(given.encode(), self.token.encode()):
+                    return JSONResponse({"error": "missing or wrong controller token"}, 401)
+                try:
+                    return await handler(request)
+                except (json.JSONDecodeError, ValueError) as exc:
+                    return JSONResponse({"error": f"bad request: {exc}"}, 400)
+                except RequestInvalid as exc:
+                    return JSONResponse(
+                        {
+                            "error": "request does not match the schema",
+                            "detail": {"violations": exc.violations},
+                        },
+                        422,
+                    )
+                except UnknownTransaction as exc:
+                    return JSONResponse({"error": str(exc)}, 404)
+                except (DecisionRefused, LockTimeout) as exc:
+                    return JSONResponse({"error": str(exc)}, 409)
+                except RuntimeError_ as exc:
+                    return JSONResponse({"error": str(exc)}, 409)
+                except EngineError as exc:
+                    return JSONResponse({"error": str(exc)}, 400)
+
+            return wrapped
+
+        async def body(request: Request) -> dict[str, Any]:
+            raw = await request.body()
+            data = json.loads(raw) if raw else {}
+            if not isinstance(data, dict):
+                raise ValueError("a JSON object is expected")
+            return data
+
+        async def healthz(request: Request) -> JSONResponse:
+            return JSONResponse({"ok": True, "pid": os.getpid()})
+
+        async def status(request: Request) -> JSONResponse:
+            envs = {name: await self.runtime.status(name) for name in self.runtime.environments}
+            page, _ = await self.engine.list(limit=int(request.query_params.get("limit", 10)))
+            releases = [self._release_summary(t) for t in page]
+            return JSONResponse(
+                {"environments": envs, "releases": releases, "xds_nodes": len(self.cp.nodes())}
+            )
+
+        async def create_env(request: Request) -> JSONResponse:
+            d = await body(request)
+            name, version, app_dir = (
+                d.get("environment", "production"),
+                d.get("version", "v1"),
+                d.get("app_dir"),
+            )
+            if not app_dir:
+                raise ValueError("app_dir is required")
+            data_dir = d.get("data_dir") or str(self.data / "apps" / name)
+            env = await self.runtime.create_environment(
+                name, app_dir, data_dir, public_port=int(d.get("public_port") or 0),
+                standby_port=int(d.get("standby_port") or 0), replicas=d.get("replicas"),
+            )  # fmt: skip
+            if env.current is None:
+                await self.runtime.deploy(name, version, "current", app_dir)
+                for svc in (
+                    "apigw",
+                    "apigw-standby",
+                    "apigw-current",
+                    "scenario-current",
+                    "transaction-current",
+                ):
+                    await self.runtime.select(name, svc, version)
+            return JSONResponse(
+                {"environment": name, "current": env.current, **self.runtime.urls(name)}
+            )
+
+        async def start_release(request: Request) -> JSONResponse:
+            d = await body(request)
+            approval = bool(d.pop("approval", False))
+            wait = bool(d.pop("wait", False))
+            d.setdefault("environment", "production")
+            name = RELEASE_WITH_APPROVAL if approval else RELEASE
+            tx = await self.engine.start(name, d, actor=str(d.pop("actor", None) or "cli"))
+            if wait:
+                tx = await self.engine.wait(tx.xid)
+            return JSONResponse(self._release_detail(tx), 200 if wait else 202)
+
+        async def get_release(request: Request) -> JSONResponse:
+            return JSONResponse(self._release_detail(await self._find(request)))
+
+        async def decide(request: Request) -> JSONResponse:
+            tx = await self._find(request)
+            action = request.path_params["action"]
+            d = await body(request)
+            actor, reason = str(d.get("actor") or "cli"), d.get("reason")
+            wait = bool(d.get("wait", True))
+            if action == "approve":
+                tx = await self.engine.signal(
+                    tx.xid, "approval", {"approved": True}, actor=actor, reason=reason, wait=wait
+                )
+            elif action in ("reject", "abort"):
+                past = [
+                    b for b in tx.blocks if b.name == POINT_OF_NO_RETURN and b.status != "pending"
+                ]
+                if past and tx.status not in FINAL:
+                    raise DecisionRefused(
+                        tx.xid,
+                        f"the release is past the point of no return ({POINT_OF_NO_RETURN}); roll it forward",
+                        tx.status,
+                    )
+                tx = await self.engine.rollback(
+                    tx.xid, actor=actor, reason=reason or action, wait=wait
+                )
+            elif action == "rollforward":
+                tx = await self.engine.rollforward(tx.xid, actor=actor, reason=reason, wait=wait)
+            else:
+                return JSONResponse({"error": f"unknown action {action!r}"}, 404)
+            return JSONResponse(self._release_detail(tx))
+
+        async def nodes(request: Request) -> JSONResponse:
+            return JSONResponse({"nodes": self.cp.nodes()})
+
+        async def shutdown(request: Request) -> JSONResponse:
+            await self.runtime.shutdown()
+            self._stop.set()
+            return JSONResponse({"stopped": True})
+
+        routes = [
+            Route("/healthz", healthz),
+            Route("/status", guard(status)),
+            Route("/environments", guard(create_env), methods=["POST"]),
+            Route("/releases", guard(start_release), methods=["POST"]),
+            Route("/releases/{xid}", guard(get_release)),
+            Route("/releases/{xid}/{action}", guard(decide), methods=["POST"]),
+            Route("/xds/nodes", guard(nodes)),
+            Route("/shutdown", guard(shutdown), methods=["POST"]),
+        ]
+        return Starlette(routes=routes)
+
+    async def _find(self, request: Request) -> TxRecord:
+        """``latest`` (optionally ``?environment=``) means the newest release, if any."""
+        xid = request.path_params["xid"]
+        if xid != "latest":
+            return await self.engine.get(xid)
+        env = request.query_params.get("environment", "production")
+        cursor = None
+        while True:
+            page, cursor = await self.engine.list(limit=50, cursor=cursor)
+            for t in page:
+                full = await self.engine.get(t.xid)
+                if full.request.get("environment") == env:
+                    return full
+            if not cursor:
+                raise UnknownTransaction(f"latest release of {env}")
+
+    @staticmethod
+    def _release_summary(tx: TxRecord) -> dict[str, Any]:
+        return {"xid": tx.xid, "scenario": tx.scenario, "status": tx.status, "reason": tx.reason,
+                "created_at": tx.created_at, "cursor": tx.cursor}  # fmt: skip
+
+    @staticmethod
+    def _release_detail(tx: TxRecord) -> dict[str, Any]:
+        d = tx.to_dict()
+        d["step"] = d["current_block"]
+        return d

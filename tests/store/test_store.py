@@ -7,13 +7,23 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from switchback.store import DuplicateIdempotencyKey, FencedOut, open_store, owner_is_dead
-from switchback.store.records import AuditRecord, BlockRecord, TxRecord
+from switchback.store import (
+    DuplicateIdempotencyKey,
+    FencedOut,
+    LockHeld,
+    Store,
+    StoreError,
+    open_store,
+    owner_is_dead,
+)
+from switchback.store.records import AuditRecord, BlockRecord, SignalRecord, TxRecord
 from switchback.store.sqlite import SCHEMA_VERSION
+from tests.engine.conftest import PG_URL, pg_schema
 
 
 def new_tx(xid: str = "x1", **kw: object) -> TxRecord:
@@ -24,8 +34,8 @@ def new_tx(xid: str = "x1", **kw: object) -> TxRecord:
     return tx
 
 
-async def test_write_is_fenced(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+async def test_write_is_fenced(store_factory: Callable[[], Store]) -> None:
+    store = store_factory()
     await store.open()
     try:
         tx = new_tx()
@@ -45,8 +55,8 @@ async def test_write_is_fenced(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_claim_refuses_a_live_lease(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+async def test_claim_refuses_a_live_lease(store_factory: Callable[[], Store]) -> None:
+    store = store_factory()
     await store.open()
     try:
         tx = new_tx()
@@ -69,8 +79,8 @@ def test_owner_is_dead_detects_killed_processes() -> None:
     assert not owner_is_dead(f"elsewhere:{proc.pid}:x")  # on another host only the lease counts
 
 
-async def test_idempotency_key_is_unique(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+async def test_idempotency_key_is_unique(store_factory: Callable[[], Store]) -> None:
+    store = store_factory()
     await store.open()
     try:
         a = new_tx("a", idempotency_key="k")
@@ -84,7 +94,7 @@ async def test_idempotency_key_is_unique(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_schema_is_versioned_and_refuses_a_newer_one(tmp_path: Path) -> None:
+async def test_sqlite_schema_is_versioned_and_refuses_a_newer_one(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     await store.open()
     await store.close()
@@ -97,13 +107,13 @@ async def test_schema_is_versioned_and_refuses_a_newer_one(tmp_path: Path) -> No
         await open_store(tmp_path).open()
 
 
-async def test_reopen_keeps_everything(tmp_path: Path) -> None:
-    store = open_store(tmp_path)
+async def test_reopen_keeps_everything(store_factory: Callable[[], Store]) -> None:
+    store = store_factory()
     await store.open()
     tx = new_tx()
     await store.create(tx, tx.blocks, AuditRecord("x1", 1.0, "a", "start", input={"k": [1, 2]}))
     await store.close()
-    again = open_store(tmp_path)
+    again = store_factory()
     await again.open()
     try:
         got = await again.load("x1")
@@ -111,3 +121,181 @@ async def test_reopen_keeps_everything(tmp_path: Path) -> None:
         assert got.audit[0].input == {"k": [1, 2]}
     finally:
         await again.close()
+
+
+async def test_locks_all_or_nothing_and_released_when_final(
+    store_factory: Callable[[], Store],
+) -> None:
+    store = store_factory()
+    await store.open()
+    try:
+        a = new_tx("a")
+        await store.create(a, a.blocks, locks=["k1", "k2"])
+        b = new_tx("b")
+        with pytest.raises(LockHeld) as info:
+            await store.create(b, b.blocks, locks=["k0", "k2"])
+        assert (info.value.key, info.value.holder) == ("k2", "a")
+        assert await store.load("b") is None
+        assert [(lk.key, lk.xid) for lk in await store.list_locks()] == [("k1", "a"), ("k2", "a")]
+        # A new lock set (rollforward with a corrected request): k2 is kept, k1 dropped, k3 taken.
+        await store.write(a, locks=["k2", "k3"])
+        assert [(lk.key, lk.xid) for lk in await store.list_locks()] == [("k2", "a"), ("k3", "a")]
+        c = new_tx("c")
+        await store.create(c, c.blocks, locks=["k9"])
+        a.blocks[0].status = "done"
+        with pytest.raises(LockHeld):  # refused as a whole: the block change does not land
+            await store.write(a, [a.blocks[0]], locks=["k2", "k9"])
+        assert (await store.load("a")).blocks[0].status == "pending"  # type: ignore[union-attr]
+        a.status = "completed"
+        await store.write(a)
+        assert [(lk.key, lk.xid) for lk in await store.list_locks()] == [("k9", "c")]
+        await store.create(b, b.blocks, locks=["k0", "k2"])  # free again
+    finally:
+        await store.close()
+
+
+async def test_list_newest_first_with_cursor_orphans_signals_meta(
+    store_factory: Callable[[], Store],
+) -> None:
+    store = store_factory()
+    await store.open()
+    try:
+        now = time.time()
+        for i in range(5):
+            tx = new_tx(f"x{i}")
+            tx.status = "running" if i % 2 else "suspended"
+            tx.owner = None if i == 1 else "elsewhere:1:x"
+            tx.lease_until = now - 1 if i == 3 else now + 60
+            await store.create(tx, tx.blocks)
+        page, cursor = await store.list(limit=2)
+        assert [t.xid for t in page] == ["x4", "x3"] and cursor
+        page, cursor = await store.list(limit=2, cursor=cursor)
+        assert [t.xid for t in page] == ["x2", "x1"]
+        page, cursor = await store.list(limit=2, cursor=cursor)
+        assert [t.xid for t in page] == ["x0"] and cursor is None
+        assert [t.xid for t in (await store.list(status="running"))[0]] == ["x3", "x1"]
+        assert await store.orphans(now, ["running"]) == ["x1", "x3"]
+        sig = SignalRecord(xid="x0", name="go", payload={"p": 1}, at=now, actor="me")
+        sid = await store.add_signal(sig, AuditRecord("x0", now, "me", "signal"))
+        pending = await store.pending_signal("x0", "go")
+        assert pending is not None and pending.id == sid and pending.payload == {"p": 1}
+        x0 = await store.load("x0")
+        assert x0 is not None
+        await store.write(x0, consume_signal=sid)
+        assert await store.pending_signal("x0", "go") is None
+        assert await store.get_meta("app_dir") is None
+        await store.set_meta("app_dir", "/a")
+        await store.set_meta("app_dir", {"b": [1]})
+        assert await store.get_meta("app_dir") == {"b": [1]}
+    finally:
+        await store.close()
+
+
+async def test_concurrent_claims_exactly_one_wins(store_factory: Callable[[], Store]) -> None:
+    """Several stores (as in several worker processes) race to take over an expired lease."""
+    import asyncio
+
+    stores = [store_factory() for _ in range(4)]
+    for s in stores:
+        await s.open()
+    try:
+        tx = new_tx()
+        tx.owner = "elsewhere:1:x"
+        tx.lease_until = time.time() - 1
+        await stores[0].create(tx, tx.blocks)
+        now = time.time()
+        got = await asyncio.gather(
+            *(s.claim("x1", f"w{i}", 10, now) for i, s in enumerate(stores) for _ in range(3))
+        )
+        winners = {t.owner for t in got if t is not None}
+        assert len(winners) == 1
+        stored = await stores[0].load("x1")
+        assert stored is not None and stored.owner in winners
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_concurrent_creates_on_one_lock_key(store_factory: Callable[[], Store]) -> None:
+    import asyncio
+
+    stores = [store_factory() for _ in range(3)]
+    for s in stores:
+        await s.open()
+    try:
+
+        async def attempt(i: int) -> bool:
+            tx = new_tx(f"c{i}")
+            try:
+                await stores[i % 3].create(tx, tx.blocks, locks=["shared", f"own{i}"])
+                return True
+            except LockHeld:
+                return False
+
+        results = await asyncio.gather(*(attempt(i) for i in range(12)))
+        assert results.count(True) == 1
+        winner = f"c{results.index(True)}"
+        assert {lk.xid for lk in await stores[0].list_locks()} == {winner}
+        assert [t.xid for t in (await stores[0].list(limit=100))[0]] == [winner]
+    finally:
+        for s in stores:
+            await s.close()
+
+
+async def test_postgres_schema_is_versioned_and_refuses_a_newer_one(tmp_path: Path) -> None:
+    import psycopg
+
+    from switchback.store import postgres
+
+    schema = pg_schema(tmp_path)
+    url = f"{PG_URL}?schema={schema}"
+    try:
+        store = open_store(url)
+        await store.open()
+        await store.close()
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            row = conn.execute(f"SELECT version FROM {schema}.schema_version").fetchone()
+            assert row == (postgres.SCHEMA_VERSION,)
+            conn.execute(f"UPDATE {schema}.schema_version SET version = version + 1")
+        with pytest.raises(StoreError, match="upgrade switchback"):
+            await open_store(url).open()
+    finally:
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+async def test_postgres_concurrent_first_opens_migrate_once(tmp_path: Path) -> None:
+    import asyncio
+
+    import psycopg
+
+    url = f"{PG_URL}?schema={pg_schema(tmp_path)}"
+    stores = [open_store(url) for _ in range(4)]
+    try:
+        await asyncio.gather(*(s.open() for s in stores))
+        tx = new_tx()
+        await stores[0].create(tx, tx.blocks)
+        assert (await stores[3].load("x1")) is not None
+    finally:
+        for s in stores:
+            await s.close()
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {pg_schema(tmp_path)} CASCADE")
+
+
+async def test_postgres_unreachable_fails_clearly() -> None:
+    store = open_store("postgresql://postgres@127.0.0.1:1/test?schema=nowhere")
+    with pytest.raises(StoreError, match="cannot connect to PostgreSQL at"):
+        await store.open()
+
+
+def test_postgres_url_options() -> None:
+    from switchback.store.postgres import PostgresStore, parse_url
+
+    conninfo, schema, pool = parse_url(
+        "postgresql://u@h:5/db?schema=abc&pool_size=3&sslmode=disable"
+    )
+    assert (conninfo, schema, pool) == ("postgresql://u@h:5/db?sslmode=disable", "abc", 3)
+    assert isinstance(open_store("postgres://u@h/db"), PostgresStore)
+    with pytest.raises(ValueError, match="identifier"):
+        parse_url("postgresql://h/db?schema=a;drop")

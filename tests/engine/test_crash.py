@@ -17,25 +17,30 @@ from pathlib import Path
 
 import pytest
 
+from tests.engine.conftest import store_url
+
 APP = Path(__file__).parent / "apps" / "crashapp"
 SWITCHBACK = [sys.executable, "-m", "switchback.cli"]
 
 
 class Harness:
-    def __init__(self, tmp: Path) -> None:
+    def __init__(self, tmp: Path, store_kind: str = "sqlite") -> None:
         self.dir = tmp
         self.data = tmp / "data"
+        # Where the store lives: --data for SQLite, --db URL (own schema) for PostgreSQL.
+        loc = store_url(store_kind, tmp)
+        self.where = ["--data", loc] if store_kind == "sqlite" else ["--db", loc]
         self.env = {**os.environ, "CRASHTEST_DIR": str(tmp), "SWITCHBACK_ACTOR": "tester"}
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [*SWITCHBACK, *args, "--data", str(self.data)], env=self.env, capture_output=True, text=True,
+            [*SWITCHBACK, *args, *self.where], env=self.env, capture_output=True, text=True,
             timeout=60, check=check,
         )  # fmt: skip
 
     def spawn(self, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [*SWITCHBACK, *args, "--data", str(self.data)], env=self.env, text=True,
+            [*SWITCHBACK, *args, *self.where], env=self.env, text=True,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )  # fmt: skip
 
@@ -80,8 +85,8 @@ class Harness:
 
 
 @pytest.fixture
-def h(tmp_path: Path) -> Harness:
-    return Harness(tmp_path)
+def h(tmp_path: Path, store_kind: str) -> Harness:
+    return Harness(tmp_path, store_kind)
 
 
 def starts(ledger: list[tuple[str, str, str]], phase: str, block: str) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 from switchback.engine import BlockContext, DecisionRefused, Engine
 from switchback.model import App, scenario
 from switchback.store import open_store
+from tests.engine.conftest import store_url
 
 DECISIONS = ("rollforward", "rollback", "compensated")
 
@@ -40,7 +42,7 @@ def cases(draw: st.DrawFn) -> dict[str, Any]:
     return {"blocks": blocks, "fails": fails, "decisions": decisions, "on_failure": on_failure}
 
 
-async def run_case(case: dict[str, Any]) -> None:
+async def run_case(case: dict[str, Any], pg_url: str | None) -> None:
     calls: list[tuple[str, int, str]] = []  # (phase, block index, "ok" | "fail")
     fails = dict(case["fails"])
 
@@ -65,7 +67,9 @@ async def run_case(case: dict[str, Any]) -> None:
     app = App()
     app.add(sc)
     with tempfile.TemporaryDirectory() as tmp:
-        async with Engine(app, open_store(tmp, synchronous="OFF")) as engine:
+        # PostgreSQL: one schema for all examples of the test (xids are unique anyway).
+        store = open_store(pg_url) if pg_url else open_store(tmp, synchronous="OFF")
+        async with Engine(app, store) as engine:
             tx = await engine.run("p", {})
             accepted = 0
             for d in case["decisions"]:
@@ -124,7 +128,14 @@ def check(case: dict[str, Any], tx: Any, calls: list[tuple[str, int, str]], acce
     assert all(a.actor in ("t", "api", "policy") for a in tx.audit)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(cases())
-def test_random_failures_and_decisions_keep_the_invariants(case: dict[str, Any]) -> None:
-    asyncio.run(run_case(case))
+@settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(case=cases())
+def test_random_failures_and_decisions_keep_the_invariants(
+    case: dict[str, Any], store_kind: str, tmp_path: Path
+) -> None:
+    pg_url = store_url(store_kind, tmp_path) if store_kind == "postgres" else None
+    asyncio.run(run_case(case, pg_url))

@@ -39,6 +39,13 @@ AppOpt = typer.Option(
     envvar="SWITCHBACK_APP",
     help="App folder [default: the one last used with this data directory]",
 )
+DbOpt = typer.Option(
+    None,
+    "--db",
+    envvar="SWITCHBACK_DB",
+    help="Store URL (postgresql://user@host:5432/db[?schema=NAME] or sqlite:///file.db); "
+    "overrides --data. Several workers share one PostgreSQL.",
+)
 JsonOpt = typer.Option(False, "--json", help="Print JSON instead of tables")
 ServerOpt = typer.Option(
     None,
@@ -67,6 +74,18 @@ def actor() -> str:
 
 def data_dir(data: Path | None) -> Path:
     return (data or Path(".switchback")).resolve()
+
+
+def store_location(data: Path | None, db: str | None = None) -> str | Path:
+    """Where the store lives: the ``--db`` URL if given (kept a string: a Path would mangle
+    ``postgresql://``), else the SQLite file in the data directory."""
+    if db:
+        from switchback.store import is_store_url
+
+        if not is_store_url(db):
+            fail(f"--db must be a postgresql://, postgres:// or sqlite:/// URL, not {db!r}")
+        return db
+    return data_dir(data)
 
 
 def read_json_file(path: Path | None) -> Any:
@@ -103,9 +122,12 @@ def run_async(coro_fn: Callable[[], Awaitable[T]]) -> T:
 
 
 @asynccontextmanager
-async def engine_for(data: Path | None, app_path: Path | None, *, remember_app: bool = False):  # type: ignore[no-untyped-def]
-    """An open engine on the data directory's store, with the app (given or remembered)."""
-    store = open_store(data_dir(data))
+async def engine_for(  # type: ignore[no-untyped-def]
+    data: Path | None, app_path: Path | None, *, remember_app: bool = False, db: str | None = None
+):
+    """An open engine on the store (``--db`` URL or data directory), with the app (given or
+    remembered)."""
+    store = open_store(store_location(data, db))
     await store.open()
     try:
         if app_path is None:

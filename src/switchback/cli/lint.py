@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from switchback.cli.common import DataOpt, JsonOpt, engine_for, err, out, run_async, ts
+from switchback.cli.common import DataOpt, DbOpt, JsonOpt, engine_for, err, out, run_async, ts
 from switchback.model import lint_app
 from switchback.store.records import LockRecord
 
@@ -27,13 +27,14 @@ def lint(app_dir: Path = typer.Argument(..., help="App folder")) -> None:
 
 def locks(
     data: Path | None = DataOpt,
+    db: str | None = DbOpt,
     as_json: bool = JsonOpt,
 ) -> None:
     """List held resource locks and the transaction holding each."""
     from rich.table import Table
 
     async def go() -> list[LockRecord]:
-        async with engine_for(data, None) as engine:
+        async with engine_for(data, None, db=db) as engine:
             return await engine.locks()
 
     held = run_async(go)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from switchback.cli.common import data_dir, err, fail, load_app_or_fail
+from switchback.cli.common import DbOpt, err, fail, load_app_or_fail, store_location
 
 
 def serve(
@@ -21,6 +21,7 @@ def serve(
         envvar="SWITCHBACK_DATA",
         help="Data directory (SQLite store) [default: ./.switchback]",
     ),
+    db: str | None = DbOpt,
     role: str = typer.Option("all", "--role", help="all | apigw | scenario | transaction"),
     scenario_url: str | None = typer.Option(
         None,
@@ -90,7 +91,7 @@ def serve(
             "401. Set SWITCHBACK_ADMIN_TOKENS=name=token (or tokens: in --config)."
         )
     try:
-        asgi = create_app(app, config, data_dir=data_dir(data), access_log=access_log)
+        asgi = create_app(app, config, data_dir=store_location(data, db), access_log=access_log)
     except ValueError as exc:
         fail(str(exc))
     server = uvicorn.Server(

@@ -12,6 +12,7 @@ from rich.table import Table
 from switchback.cli.common import (
     AppOpt,
     DataOpt,
+    DbOpt,
     JsonOpt,
     ServerOpt,
     actor,
@@ -53,6 +54,7 @@ def run(
         None, "--input", "-i", help="Request body as a JSON file ('-' = stdin)"
     ),
     data: Path | None = DataOpt,
+    db: str | None = DbOpt,
     idempotency_key: str | None = typer.Option(
         None, "--idempotency-key", help="Start nothing new if this key was used"
     ),
@@ -65,7 +67,7 @@ def run(
     request = read_json_file(input) if input else {}
 
     async def go() -> TxRecord:
-        async with engine_for(data, app_dir, remember_app=True) as engine:
+        async with engine_for(data, app_dir, remember_app=True, db=db) as engine:
             return await engine.run(
                 scenario, request, actor=actor(), idempotency_key=idempotency_key
             )
@@ -84,6 +86,7 @@ def list_(
     limit: int = typer.Option(50, "--limit", min=1, max=1000),
     cursor: str | None = typer.Option(None, "--cursor", help="Continue after a previous page"),
     data: Path | None = DataOpt,
+    db: str | None = DbOpt,
     as_json: bool = JsonOpt,
     server: str | None = ServerOpt,
 ) -> None:
@@ -99,7 +102,7 @@ def list_(
         return
 
     async def go() -> tuple[list[TxRecord], str | None]:
-        async with engine_for(data, None) as engine:
+        async with engine_for(data, None, db=db) as engine:
             return await engine.list(status=status, scenario=scenario, limit=limit, cursor=cursor)
 
     page, nxt = run_async(go)
@@ -137,7 +140,11 @@ def _summary(t: TxRecord) -> dict[str, Any]:
 
 @app.command()
 def show(
-    xid: str, data: Path | None = DataOpt, as_json: bool = JsonOpt, server: str | None = ServerOpt
+    xid: str,
+    data: Path | None = DataOpt,
+    db: str | None = DbOpt,
+    as_json: bool = JsonOpt,
+    server: str | None = ServerOpt,
 ) -> None:
     """Blocks with status, tries, output and error; the audit trail."""
     if server:
@@ -145,7 +152,7 @@ def show(
         return
 
     async def go() -> TxRecord:
-        async with engine_for(data, None) as engine:
+        async with engine_for(data, None, db=db) as engine:
             return await engine.get(xid)
 
     _show(run_async(go), as_json)
@@ -160,6 +167,7 @@ def rollforward(
     from_block: str | None = typer.Option(None, "--from", help="Start from this (earlier) block"),
     reason: str | None = typer.Option(None, "--reason", "-r"),
     data: Path | None = DataOpt,
+    db: str | None = DbOpt,
     app_dir: Path | None = AppOpt,
     as_json: bool = JsonOpt,
     server: str | None = ServerOpt,
@@ -171,7 +179,7 @@ def rollforward(
         _remote(server, f"/transactions/{xid}/rollforward", _present(body), as_json)
 
     async def go() -> TxRecord:
-        async with engine_for(data, app_dir) as engine:
+        async with engine_for(data, app_dir, db=db) as engine:
             return await engine.rollforward(
                 xid, actor=actor(), reason=reason, request=request, from_block=from_block
             )
@@ -186,6 +194,7 @@ def rollback(
     xid: str,
     reason: str | None = typer.Option(None, "--reason", "-r"),
     data: Path | None = DataOpt,
+    db: str | None = DbOpt,
     app_dir: Path | None = AppOpt,
     as_json: bool = JsonOpt,
     server: str | None = ServerOpt,
@@ -195,7 +204,7 @@ def rollback(
         _remote(server, f"/transactions/{xid}/rollback", _present({"reason": reason}), as_json)
 
     async def go() -> TxRecord:
-        async with engine_for(data, app_dir) as engine:
+        async with engine_for(data, app_dir, db=db) as engine:
             return await engine.rollback(xid, actor=actor(), reason=reason)
 
     tx = run_async(go)
@@ -208,6 +217,7 @@ def compensated(
     xid: str,
     reason: str = typer.Option(..., "--reason", "-r", help="What was done by hand (required)"),
     data: Path | None = DataOpt,
+    db: str | None = DbOpt,
     app_dir: Path | None = AppOpt,
     as_json: bool = JsonOpt,
     server: str | None = ServerOpt,
@@ -217,7 +227,7 @@ def compensated(
         _remote(server, f"/transactions/{xid}/compensated", {"reason": reason}, as_json)
 
     async def go() -> TxRecord:
-        async with engine_for(data, app_dir) as engine:
+        async with engine_for(data, app_dir, db=db) as engine:
             return await engine.mark_compensated(xid, actor=actor(), reason=reason)
 
     tx = run_async(go)
@@ -232,6 +242,7 @@ def signal(
     payload: Path | None = typer.Option(None, "--payload", help="Signal payload (JSON file)"),
     reason: str | None = typer.Option(None, "--reason", "-r"),
     data: Path | None = DataOpt,
+    db: str | None = DbOpt,
     app_dir: Path | None = AppOpt,
     as_json: bool = JsonOpt,
     server: str | None = ServerOpt,
@@ -243,7 +254,7 @@ def signal(
         _remote(server, f"/transactions/{xid}/signals/{name}", req, as_json)
 
     async def go() -> TxRecord:
-        async with engine_for(data, app_dir) as engine:
+        async with engine_for(data, app_dir, db=db) as engine:
             return await engine.signal(xid, name, body, actor=actor(), reason=reason)
 
     tx = run_async(go)
@@ -255,6 +266,7 @@ def signal(
 def plan(
     xid: str,
     data: Path | None = DataOpt,
+    db: str | None = DbOpt,
     app_dir: Path | None = AppOpt,
     as_json: bool = JsonOpt,
     server: str | None = ServerOpt,
@@ -262,7 +274,7 @@ def plan(
     """Dry run: what a rollforward and a rollback would run, in order, with their inputs."""
 
     async def go() -> dict[str, Any]:
-        async with engine_for(data, app_dir) as engine:
+        async with engine_for(data, app_dir, db=db) as engine:
             return await engine.plan(xid)
 
     p = api_call(server, "GET", f"/transactions/{xid}/plan") if server else run_async(go)
@@ -289,11 +301,13 @@ def plan(
 
 
 @app.command()
-def recover(data: Path | None = DataOpt, app_dir: Path | None = AppOpt) -> None:
+def recover(
+    data: Path | None = DataOpt, db: str | None = DbOpt, app_dir: Path | None = AppOpt
+) -> None:
     """Take over transactions whose process died and apply the in-doubt rules."""
 
     async def go() -> list[str]:
-        async with engine_for(data, app_dir) as engine:
+        async with engine_for(data, app_dir, db=db) as engine:
             taken = await engine.recover()
             for xid in taken:
                 await engine.wait(xid)

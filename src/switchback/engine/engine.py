@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import json
 import logging
+import os
 import random
 import string
 import time
@@ -119,7 +120,7 @@ class Engine:
         store: Store,
         *,
         owner: str | None = None,
-        lease_seconds: float = 15.0,
+        lease_seconds: float | None = None,
         clock: Callable[[], float] = time.time,
         observers: list[EngineObserver] | None = None,
     ) -> None:
@@ -127,7 +128,12 @@ class Engine:
         self.observers = list(observers or [])
         self.store = store
         self.owner = owner or new_owner_id()
-        self.lease_seconds = lease_seconds
+        # Default 15 s; SWITCHBACK_LEASE_SECONDS shortens it (tests of lease expiry, fast failover).
+        self.lease_seconds = (
+            lease_seconds
+            if lease_seconds is not None
+            else float(os.environ.get("SWITCHBACK_LEASE_SECONDS") or 15.0)
+        )
         self.clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._heartbeat: asyncio.Task[None] | None = None

@@ -4,20 +4,12 @@ uvicorn settings that only validates the same JSON.
 
     .venv/bin/python bench/http.py [--seconds 10] [--connections 32]
 
-Keep-alive clients (a small raw HTTP/1.1 client on asyncio, in its own process, so that the
-client's cost is the same for both servers). Prints req/s and p50/p99 latency for each, and the
+Keep-alive clients: `wrk` (Debian package `wrk`) when installed, else a small raw HTTP/1.1
+client on asyncio in its own process (`--client python`); the same client for both servers. Prints req/s and p50/p99 latency for each, and the
 ratio. Not a timed test: figures depend on the machine.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-# This file is named http.py: keep its folder off the import path, or it shadows the stdlib's
-# `http` package for everything imported below (httpx, uvicorn).
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 import argparse
 import asyncio
@@ -27,9 +19,16 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
+
+# This file is named http.py: keep its folder off the import path, or it shadows the stdlib's
+# `http` package for what is imported later (httpx, uvicorn: both imported inside functions).
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 VENV_BIN = Path(sys.executable).parent
 SCHEMA: dict[str, Any] = {
@@ -55,10 +54,10 @@ blocks:
     do: benchblocks:noop
     idempotent: true
 """
-BLOCKS = '''
+BLOCKS = """
 async def noop(ctx):
     return {"ok": True}
-'''
+"""
 
 
 # -- the ceiling: same framework, same server settings, validation only ----------------------------
@@ -150,6 +149,46 @@ def _load(port: int, seconds: float, warmup: float, connections: int, out: Any) 
     out.send((lat, errors))
 
 
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.body = [[%s]]
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def _ms(text: str) -> float:
+    for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * factor
+    return float(text)
+
+
+def measure_wrk(port: int, seconds: float, warmup: float, connections: int) -> dict[str, float]:
+    import re
+    import shutil
+
+    wrk = shutil.which("wrk")
+    assert wrk
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(WRK_SCRIPT % BODY.decode())
+    url = f"http://127.0.0.1:{port}/bench"
+    base = [wrk, "-t1", f"-c{connections}", "-s", f.name, "--latency"]
+    subprocess.run([*base, f"-d{max(1, int(warmup))}s", url], capture_output=True, check=True)
+    out = subprocess.run(
+        [*base, f"-d{int(seconds)}s", url], capture_output=True, text=True, check=True
+    ).stdout
+    os.unlink(f.name)
+    total = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "requests": total,
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "p50_ms": _ms(re.search(r"\s50%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        "p99_ms": _ms(re.search(r"\s99%\s+(\S+)", out).group(1)),  # type: ignore[union-attr]
+        "non_200": int(non2xx.group(1)) if non2xx else 0,
+    }
+
+
 def measure(port: int, seconds: float, warmup: float, connections: int) -> dict[str, float]:
     parent, child = mp.Pipe()
     p = mp.Process(target=_load, args=(port, seconds, warmup, connections, child))
@@ -213,7 +252,14 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--access-log", action="store_true", help="keep the gateway's access log on")
+    ap.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
     args = ap.parse_args()
+    import shutil
+
+    client = args.client
+    if client == "auto":
+        client = "wrk" if shutil.which("wrk") else "python"
+    run = measure_wrk if client == "wrk" else measure
 
     results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp:
@@ -228,7 +274,7 @@ def main() -> None:
         ceiling.start()
         try:
             wait_ready(port, "/bench", ceiling)
-            results["ceiling (validate only)"] = measure(
+            results["ceiling (validate only)"] = run(
                 port, args.seconds, args.warmup, args.connections
             )
         finally:
@@ -245,7 +291,7 @@ def main() -> None:
         gw = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)
         try:
             wait_ready(port, "/readyz", gw)
-            results["switchback scenario (1 no-op)"] = measure(
+            results["switchback scenario (1 no-op)"] = run(
                 port, args.seconds, args.warmup, args.connections
             )
         finally:
@@ -255,11 +301,14 @@ def main() -> None:
 
     print(
         f"\n{args.connections} keep-alive connections, {args.seconds:g} s each "
-        f"(+{args.warmup:g} s warm-up), one server process, {os.cpu_count()} CPUs\n"
+        f"(+{args.warmup:g} s warm-up), one server process, {os.cpu_count()} CPUs, "
+        f"client: {client}\n"
     )
     for name, r in results.items():
         show(name, r)
-    ratio = results["switchback scenario (1 no-op)"]["rps"] / results["ceiling (validate only)"]["rps"]
+    ratio = (
+        results["switchback scenario (1 no-op)"]["rps"] / results["ceiling (validate only)"]["rps"]
+    )
     print(f"\nratio: {ratio:.2f} of the ceiling's req/s (target ≥ 0.30)")
 
 

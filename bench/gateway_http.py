@@ -2,7 +2,7 @@
 SQLite) served by `switchback serve`, against the ceiling: a bare Starlette endpoint on the same
 uvicorn settings that only validates the same JSON.
 
-    .venv/bin/python bench/http.py [--seconds 10] [--connections 32]
+    .venv/bin/python bench/gateway_http.py [--seconds 10] [--connections 32]
 
 Keep-alive clients: `wrk` (Debian package `wrk`) when installed, else a small raw HTTP/1.1
 client on asyncio in its own process (`--client python`); the same client for both servers. Prints req/s and p50/p99 latency for each, and the

@@ -173,7 +173,12 @@ def start(
         None, "--smoke", help="Shell command run against $SWITCHBACK_STANDBY_URL"
     ),
     approval: bool = typer.Option(
-        False, "--approval", help="Wait for `release approve` before the switch"
+        False, "--approval", help="Wait for `release approve` before the redirect"
+    ),
+    approval_at: str | None = typer.Option(
+        None,
+        "--approval-at",
+        help="Where the approval wait goes: 'redirect' (default) or 'switch' (after the redirect)",
     ),
     drain_timeout: float = typer.Option(
         30, "--drain-timeout", help="Seconds to wait for old connections"
@@ -186,7 +191,7 @@ def start(
     """Release a new version: deploy beside current, standby → new, smoke, [approval], redirect
     old sidecars, switch selectors, drain, retire old. A failure parks the release."""
     body = {"environment": env, "version": version, "app_dir": str(app_dir.resolve()), "smoke": smoke,
-            "approval": approval, "drain_timeout": drain_timeout, "wait": wait,
+            "approval": approval_at or approval, "drain_timeout": drain_timeout, "wait": wait,
             "actor": os.environ.get("SWITCHBACK_ACTOR") or os.environ.get("USER") or "cli"}  # fmt: skip
     r = call(data.resolve(), "POST", "/releases", body, timeout=None)
     _show_release(r)

@@ -36,6 +36,7 @@ from switchback.release.scenario import (
     POINT_OF_NO_RETURN,
     RELEASE,
     RELEASE_WITH_APPROVAL,
+    RELEASE_WITH_APPROVAL_BEFORE_SWITCH,
     release_app,
 )
 from switchback.runtime.local import LocalRuntime, RuntimeError_
@@ -205,10 +206,14 @@ class Controller:
 
         async def start_release(request: Request) -> JSONResponse:
             d = await body(request)
-            approval = bool(d.pop("approval", False))
+            approval = d.pop("approval", False)
             wait = bool(d.pop("wait", False))
             d.setdefault("environment", "production")
-            name = RELEASE_WITH_APPROVAL if approval else RELEASE
+            names = {False: RELEASE, None: RELEASE, True: RELEASE_WITH_APPROVAL, "redirect": RELEASE_WITH_APPROVAL,
+                     "switch": RELEASE_WITH_APPROVAL_BEFORE_SWITCH}  # fmt: skip
+            if approval not in names:
+                raise ValueError("approval must be true, false, 'redirect' or 'switch'")
+            name = names[approval]
             tx = await self.engine.start(name, d, actor=str(d.pop("actor", None) or "cli"))
             if wait:
                 tx = await self.engine.wait(tx.xid)
@@ -246,6 +251,23 @@ class Controller:
                 return JSONResponse({"error": f"unknown action {action!r}"}, 404)
             return JSONResponse(self._release_detail(tx))
 
+        async def deploy(request: Request) -> JSONResponse:
+            """Low-level: start a build beside the current one (no traffic). For benchmarks and
+            tests of the naive switch; a release does this as its first step."""
+            d = await body(request)
+            name = request.path_params["env"]
+            instances = await self.runtime.deploy(name, str(d["version"]), "new", d.get("app_dir"))
+            return JSONResponse({"instances": [i.id for i in instances]})
+
+        async def select(request: Request) -> JSONResponse:
+            """Low-level: point one service's selector at a build, nothing else — the naive
+            switch the seed describes (established connections stay where they are)."""
+            d = await body(request)
+            version = await self.runtime.select(
+                request.path_params["env"], str(d["service"]), d.get("version")
+            )
+            return JSONResponse({"xds_version": version})
+
         async def nodes(request: Request) -> JSONResponse:
             return JSONResponse({"nodes": self.cp.nodes()})
 
@@ -261,6 +283,8 @@ class Controller:
             Route("/releases", guard(start_release), methods=["POST"]),
             Route("/releases/{xid}", guard(get_release)),
             Route("/releases/{xid}/{action}", guard(decide), methods=["POST"]),
+            Route("/environments/{env}/deploy", guard(deploy), methods=["POST"]),
+            Route("/environments/{env}/select", guard(select), methods=["POST"]),
             Route("/xds/nodes", guard(nodes)),
             Route("/shutdown", guard(shutdown), methods=["POST"]),
         ]

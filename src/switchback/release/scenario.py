@@ -16,7 +16,8 @@ from switchback.model import App, Scenario, scenario
 from switchback.runtime.local import ROLES, LocalRuntime, pinned
 
 RELEASE = "release"
-RELEASE_WITH_APPROVAL = "release_with_approval"
+RELEASE_WITH_APPROVAL = "release_with_approval"  # approval before the redirect (the default)
+RELEASE_WITH_APPROVAL_BEFORE_SWITCH = "release_with_approval_before_switch"
 # Blocks from which an abort (rollback) is refused: draining stops the old sidecars' listeners.
 POINT_OF_NO_RETURN = "drain_old"
 
@@ -191,7 +192,10 @@ async def retire_old(ctx: BlockContext) -> dict[str, Any]:
     return {"current": version, "retired": old}
 
 
-def _build(name: str, approval: bool) -> Scenario:
+def _build(name: str, approval: str | None) -> Scenario:
+    """``approval``: None, or the step the approval wait comes before ("redirect_old": the
+    classic gate after the smoke tests; "switch": after the old sidecars forward to the new
+    version, so that real traffic is seen on it before the selectors move)."""
     sc = scenario(
         name,
         request=REQUEST_SCHEMA,
@@ -203,9 +207,11 @@ def _build(name: str, approval: bool) -> Scenario:
     sc.block("deploy_new", idempotent=True, undo_idempotent=True)(deploy_new).undo(delete_new)
     sc.block("point_standby", idempotent=True)(point_standby).undo(point_standby_back)
     sc.block("smoke", partial_effects=False)(smoke)
-    if approval:
+    if approval == "redirect_old":
         sc.wait("approval")
     sc.block("redirect_old", idempotent=True)(redirect_old).undo(restore_old)
+    if approval == "switch":
+        sc.wait("approval")
     sc.block("switch", idempotent=True)(switch).undo(switch_back)
     sc.block(POINT_OF_NO_RETURN, idempotent=True)(drain_old)
     sc.block("retire_old", idempotent=True, retry={"attempts": 3, "backoff": 1})(retire_old)
@@ -214,6 +220,7 @@ def _build(name: str, approval: bool) -> Scenario:
 
 def release_app() -> App:
     app = App()
-    app.add(_build(RELEASE, approval=False))
-    app.add(_build(RELEASE_WITH_APPROVAL, approval=True))
+    app.add(_build(RELEASE, approval=None))
+    app.add(_build(RELEASE_WITH_APPROVAL, approval="redirect_old"))
+    app.add(_build(RELEASE_WITH_APPROVAL_BEFORE_SWITCH, approval="switch"))
     return app

@@ -50,7 +50,12 @@ class Traffic:
         self.interval = connections / rate
         self.samples: list[Sample] = []
         self._stop = asyncio.Event()
+        self._progress = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _record(self, sample: Sample) -> None:
+        self.samples.append(sample)
+        self._progress.set()
 
     async def _worker(self, index: int) -> None:
         limits = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=None)
@@ -68,12 +73,10 @@ class Traffic:
                 sent = time.time()
                 try:
                     r = await client.post(self.url + self.path, json=self.body)
-                    self.samples.append(Sample(sent, time.time(), r.status_code, r.headers.get(VERSION_HEADER),
+                    self._record(Sample(sent, time.time(), r.status_code, r.headers.get(VERSION_HEADER),
                                                None if r.status_code == 200 else r.text[:200]))  # fmt: skip
                 except httpx.HTTPError as exc:
-                    self.samples.append(
-                        Sample(sent, time.time(), 0, None, f"{type(exc).__name__}: {exc}")
-                    )
+                    self._record(Sample(sent, time.time(), 0, None, f"{type(exc).__name__}: {exc}"))
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._worker(i)) for i in range(self.connections)]
@@ -83,12 +86,20 @@ class Traffic:
         await asyncio.gather(*self._tasks)
         return sorted(self.samples, key=lambda s: s.sent)
 
-    async def wait_for_samples(self, count: int, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.samples) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"only {len(self.samples)} responses within {timeout:g} s")
-            await asyncio.sleep(0.05)
+    async def wait_for_samples(
+        self, count: int, timeout: float = 30, *, sent_after: float = 0.0
+    ) -> None:
+        """Wait until ``count`` responses came back for requests sent after ``sent_after``."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while sum(1 for s in self.samples if s.sent >= sent_after) < count:
+            self._progress.clear()
+            left = deadline - asyncio.get_running_loop().time()
+            try:
+                await asyncio.wait_for(self._progress.wait(), max(left, 0))
+            except TimeoutError:
+                raise TimeoutError(
+                    f"only {len(self.samples)} responses within {timeout:g} s"
+                ) from None
 
 
 @dataclass

@@ -1,0 +1,416 @@
+"""Real peers on loopback for the provision example: AWS (moto's server) and a NETCONF device
+(Debian's ``netconfd`` behind its own ``sshd``).
+
+Used by the tests (``tests/examples/conftest.py``) and by ``make up``
+(``python -m provision_app.lab up``). Every process is started in its own process group on a free
+loopback port chosen at run time, readiness is polled with a deadline, and ``stop()`` kills the
+whole group. Nothing here is needed in production: there the settings point at real AWS and real
+devices (see ``examples/provision/README.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+NETCONFD = "/usr/sbin/netconfd"
+SUBSYSTEM = "/usr/sbin/netconf-subsystem"
+SSHD = "/usr/sbin/sshd"
+POLL = 0.05  # seconds between readiness checks (polling interval, never a synchronisation)
+
+
+class LabError(RuntimeError):
+    """A peer could not be started."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Proc:
+    """A process started in its own session (= process group), stopped as a group."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def check(self) -> None:
+        if not self.alive():
+            raise LabError(
+                f"{self.name} exited ({self.popen.returncode}):\n{self.log.read_text()[-3000:]}"
+            )
+
+    def stop(self, grace: float = 5.0) -> None:
+        if self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+        # The group may hold children (sshd's per-connection processes) even after the leader left.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(5)
+
+
+def spawn(name: str, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> Proc:
+    with log.open("ab") as out:
+        popen = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
+    return Proc(name, popen, log)
+
+
+def wait_until(what: str, ready: Callable[[], bool], procs: list[Proc], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in procs:
+            p.check()
+        if ready():
+            return
+        time.sleep(POLL)
+    logs = "\n".join(f"--- {p.name}:\n{p.log.read_text()[-2000:]}" for p in procs)
+    raise LabError(f"{what} not ready within {timeout}s\n{logs}")
+
+
+# --------------------------------------------------------------------------------------- AWS
+
+
+@dataclass
+class Moto:
+    proc: Proc
+    url: str
+    region: str = "us-east-1"
+
+    def env(self) -> dict[str, str]:
+        """boto3's own settings (the app reads nothing else): moto's dummy credentials."""
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_DEFAULT_REGION": self.region,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+        }
+
+    def stop(self) -> None:
+        self.proc.stop()
+
+
+def moto_available() -> bool:
+    return _moto_server() is not None
+
+
+def _moto_server() -> str | None:
+    beside = Path(sys.executable).parent / "moto_server"
+    return str(beside) if beside.exists() else shutil.which("moto_server")
+
+
+def start_moto(workdir: Path, timeout: float = 30.0) -> Moto:
+    exe = _moto_server()
+    if exe is None:
+        raise LabError("moto_server not found: pip install 'moto[server]'")
+    port = free_port()
+    proc = spawn("moto_server", [exe, "-H", "127.0.0.1", "-p", str(port)], workdir / "moto.log")
+    moto = Moto(proc, f"http://127.0.0.1:{port}")
+    try:
+        wait_until("moto_server", lambda: _port_open(port), [proc], timeout)
+    except BaseException:
+        proc.stop()
+        raise
+    return moto
+
+
+# ------------------------------------------------------------------------------ NETCONF device
+
+
+@dataclass
+class NetconfDevice:
+    """netconfd (running datastore, ietf-interfaces) reached through sshd's netconf subsystem."""
+
+    name: str
+    host: str
+    port: int
+    username: str
+    key_filename: Path
+    known_hosts: Path
+    workdir: Path
+    procs: list[Proc] = field(default_factory=list)
+
+    def settings(self, timeout: float = 10.0) -> dict[str, Any]:
+        """This device's entry in the app's device inventory."""
+        return {
+            "host": self.host,
+            "port": self.port,
+            "username": self.username,
+            "key_filename": str(self.key_filename),
+            "known_hosts": str(self.known_hosts),
+            "timeout": timeout,
+        }
+
+    def alive(self) -> bool:
+        return all(p.alive() for p in self.procs)
+
+    def stop(self) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        self.procs.clear()
+
+
+def netconf_available() -> str | None:
+    """None when a NETCONF device can be started here, else why not."""
+    missing = [p for p in (NETCONFD, SUBSYSTEM, SSHD) if not Path(p).exists()]
+    if missing:
+        return f"missing {', '.join(missing)} (Debian packages netconfd, openssh-server)"
+    if os.geteuid() != 0:
+        return "sshd needs root to authenticate users (run as root)"
+    return None
+
+
+def _keygen(path: Path) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def start_netconf_device(
+    workdir: Path, name: str = "leaf1", timeout: float = 30.0
+) -> NetconfDevice:
+    why = netconf_available()
+    if why:
+        raise LabError(f"cannot start a NETCONF device: {why}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    # netconfd and its subsystem talk over a Unix socket, whose path must stay short (108 bytes).
+    sockdir = Path(tempfile.mkdtemp(prefix="sbnc-"))
+    sock = sockdir / "ncx.sock"
+    host_key, user_key = workdir / "ssh_host_ed25519_key", workdir / "id_ed25519"
+    for key in (host_key, user_key):
+        if not key.exists():
+            _keygen(key)
+    (workdir / "authorized_keys").write_text(Path(f"{user_key}.pub").read_text())
+    port = free_port()
+    host_pub = Path(f"{host_key}.pub").read_text().split()
+    known_hosts = workdir / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{port} {host_pub[0]} {host_pub[1]}\n")
+    config = workdir / "sshd_config"
+    config.write_text(
+        "\n".join(
+            [
+                "ListenAddress 127.0.0.1",
+                f"Port {port}",
+                f"HostKey {host_key}",
+                f"AuthorizedKeysFile {workdir / 'authorized_keys'}",
+                f"PidFile {workdir / 'sshd.pid'}",
+                "StrictModes no",
+                "UsePAM no",
+                "PubkeyAuthentication yes",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PermitRootLogin prohibit-password",
+                "X11Forwarding no",
+                "AllowTcpForwarding no",
+                # The subsystem finds netconfd's socket by the SSH port it was reached on.
+                f"Subsystem netconf {SUBSYSTEM} --ncxserver-sockname={port}@{sock}",
+                "",
+            ]
+        )
+    )
+    Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
+    home = workdir / "netconfd-home"
+    home.mkdir(exist_ok=True)
+    device = NetconfDevice(
+        name, "127.0.0.1", port, getpass.getuser(), user_key, known_hosts, workdir
+    )
+    try:
+        netconfd = spawn(
+            "netconfd",
+            [
+                NETCONFD,
+                "--target=running",
+                "--access-control=off",
+                "--module=ietf-interfaces",
+                "--module=iana-if-type",
+                "--no-startup",
+                f"--port={port}",
+                f"--ncxserver-sockname={sock}",
+                "--log-level=info",
+            ],
+            workdir / "netconfd.log",
+            env={"HOME": str(home)},
+        )
+        device.procs.append(netconfd)
+        wait_until("netconfd", sock.exists, device.procs, timeout)
+        sshd = spawn("sshd", [SSHD, "-D", "-e", "-f", str(config)], workdir / "sshd.log")
+        device.procs.append(sshd)
+        wait_until(f"sshd on port {port}", lambda: _port_open(port), device.procs, timeout)
+        # Ready = a real NETCONF session gets its hello through sshd to netconfd.
+        wait_until(f"NETCONF on port {port}", lambda: _hello(device), device.procs, timeout)
+    except BaseException:
+        device.stop()
+        raise
+    return device
+
+
+def netconf_session(device: NetconfDevice, timeout: float = 10.0) -> Any:
+    """An ncclient session to the device (the tests use it to look and to hold locks)."""
+    from ncclient import manager
+
+    from provision_app.settings import host_key_b64
+
+    return manager.connect(
+        host=device.host,
+        port=device.port,
+        username=device.username,
+        key_filename=str(device.key_filename),
+        hostkey_verify=True,
+        hostkey_b64=host_key_b64(device.known_hosts, device.host, device.port),
+        allow_agent=False,
+        look_for_keys=False,
+        timeout=timeout,
+    )
+
+
+def _hello(device: NetconfDevice) -> bool:
+    try:
+        with netconf_session(device, timeout=5) as m:
+            return bool(m.session_id)
+    except Exception:
+        return False
+
+
+def write_inventory(path: Path, devices: dict[str, dict[str, Any]]) -> None:
+    """Write the app's device inventory atomically (the blocks read it on every call)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump({"devices": devices}, sort_keys=True))
+    tmp.replace(path)
+
+
+# -------------------------------------------------------------------------------- make up
+
+
+@contextlib.contextmanager
+def peers(workdir: Path) -> Iterator[tuple[Moto | None, NetconfDevice | None, list[str]]]:
+    """Start what can be started here; yield (moto, device, notes on what could not)."""
+    notes: list[str] = []
+    moto: Moto | None = None
+    device: NetconfDevice | None = None
+    try:
+        try:
+            moto = start_moto(workdir)
+        except LabError as exc:
+            notes.append(f"AWS peer not started: {exc}")
+        why = netconf_available()
+        if why:
+            notes.append(f"NETCONF device not started: {why}")
+        else:
+            try:
+                device = start_netconf_device(workdir / "leaf1")
+            except LabError as exc:
+                notes.append(f"NETCONF device not started: {exc}")
+        yield moto, device, notes
+    finally:
+        if device:
+            device.stop()
+        if moto:
+            moto.stop()
+
+
+def up(app: Path, data: Path, port: int) -> int:
+    """Start the peers, then ``switchback serve`` the provision app in the foreground."""
+    workdir = (data / "provision-lab").resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    env: dict[str, str] = {}
+    token_note = ""
+    if not os.environ.get("SWITCHBACK_ADMIN_TOKENS"):
+        token_file = workdir / "admin-token"
+        if not token_file.exists():
+            token_file.write_text(secrets.token_urlsafe(24))
+            token_file.chmod(0o600)
+        env["SWITCHBACK_ADMIN_TOKENS"] = f"admin={token_file.read_text().strip()}"
+        token_note = f"TOKEN=$(cat {token_file})"
+    with peers(workdir) as (moto, device, notes):
+        inventory = workdir / "devices.yaml"
+        write_inventory(inventory, {"leaf1": device.settings()} if device else {})
+        env["PROVISION_DEVICES"] = str(inventory)
+        if moto:
+            env.update(moto.env())
+        for note in notes:
+            print(f"warning: {note}", file=sys.stderr)
+        url = f"http://127.0.0.1:{port}"
+        print(f"\nprovision example on {url}")
+        if moto:
+            print(f"  AWS (moto):      {moto.url}   (AWS_ENDPOINT_URL for the aws cli / boto3)")
+        if device:
+            print(
+                f"  NETCONF device:  leaf1 = ssh -p {device.port} -i {device.key_filename} "
+                f"{device.username}@127.0.0.1 -s netconf"
+            )
+        print(f"  device inventory {inventory}")
+        if token_note:
+            print(f"  admin token:     {token_note}")
+        print("  walkthrough:     README.md, 'The provision example'\n", flush=True)
+        serve = [
+            str(Path(sys.executable).parent / "switchback"),
+            "serve",
+            str(app),
+            "--port",
+            str(port),
+            "--data",
+            str(data),
+        ]
+        proc = subprocess.Popen(serve, env={**os.environ, **env})
+        try:
+            return proc.wait()
+        except KeyboardInterrupt:
+            proc.send_signal(signal.SIGINT)
+            return proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m provision_app.lab")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_up = sub.add_parser("up", help="start moto + a NETCONF device, serve the provision app")
+    p_up.add_argument("--app", type=Path, default=Path(__file__).resolve().parents[1])
+    p_up.add_argument("--data", type=Path, default=Path(".switchback"))
+    p_up.add_argument("--port", type=int, default=9099)
+    args = parser.parse_args(argv)
+    return up(args.app, args.data, args.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

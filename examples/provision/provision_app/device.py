@@ -17,10 +17,9 @@ from contextlib import contextmanager
 from typing import Any
 from xml.sax.saxutils import escape
 
-from switchback.engine import BlockContext
-
 from provision_app import ec2 as ec2_blocks
 from provision_app.settings import DeviceSettings, device, ec2_client, host_key_b64
+from switchback.engine import BlockContext
 
 IF_NS = "urn:ietf:params:xml:ns:yang:ietf-interfaces"
 IANA_NS = "urn:ietf:params:xml:ns:yang:iana-if-type"

@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from switchback.engine import BlockContext
-
 from provision_app.settings import TAG_SCENARIO, TAG_XID, ec2_client
+from switchback.engine import BlockContext
 
 LIVE = ("pending", "running")
 GONE = ("shutting-down", "terminated")

@@ -289,3 +289,15 @@ def test_tokens_from_config_file(tmp_path: Path) -> None:
         assert s.client.get("/transactions", headers=auth()).status_code == 401
     finally:
         s.stop()
+
+
+def test_sync_wait_is_bounded_by_the_transaction_timeout(server: Server) -> None:
+    began = time.monotonic()
+    r = server.client.post("/deadline", json={})
+    assert time.monotonic() - began < 4
+    assert r.status_code == 424, r.text
+    body = r.json()
+    assert body["status"] == "suspended"
+    assert body["reason"] == "timeout"
+    assert body["failed_block"] == "sleepy"
+    assert body["error"]["type"] == "TransactionTimeout"

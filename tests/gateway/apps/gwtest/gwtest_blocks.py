@@ -47,3 +47,7 @@ async def slow(ctx: BlockContext) -> dict[str, Any]:
 
 async def noop(ctx: BlockContext) -> None:
     return None
+
+
+async def sleepy(ctx: BlockContext) -> None:
+    await asyncio.sleep(5)

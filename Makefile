@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 DATA ?= .switchback
-APP ?= examples/quickstart
+APP ?= examples/provision
 
 .PHONY: install system-deps up test lint bench clean
 
@@ -21,24 +21,20 @@ install: $(VENV)/.installed
 
 # Debian packages the integration tests need (real peers). Idempotent and quiet when present.
 system-deps:
-	bash scripts/system-deps.sh
+	bash scripts/system-deps.sh netconfd openssh-server openssh-client
 
-# Serves the example app over HTTP (all roles in one process, SQLite in $(DATA)). Without
+# Serves the example app (examples/provision) over HTTP (all roles in one process, SQLite in
+# $(DATA)) with its real peers on loopback, each started when it can run here: moto's server (AWS)
+# and a NETCONF device (netconfd behind its own sshd; needs root and the Debian packages, which
+# system-deps installs when run as root). Ctrl-C stops the server and the peers. Without
 # SWITCHBACK_ADMIN_TOKENS in the environment a development token "dev-token" is used.
 PORT ?= 9099
 up: install
+	-@$(MAKE) --no-print-directory system-deps || echo "make up: Debian packages missing: the NETCONF device will not start" >&2
 	$(BIN)/switchback lint $(APP)
-	@url=http://127.0.0.1:$(PORT); tok=$${SWITCHBACK_ADMIN_TOKENS:+<your token>}; tok=$${tok:-dev-token}; \
-	echo ""; \
-	echo "switchback gateway on $$url  (docs/gateway.md; Ctrl-C stops it)"; \
-	echo "  curl -s $$url/sites -H 'Content-Type: application/json' -d @$(APP)/request.json"; \
-	echo "  curl -s $$url/transactions -H 'Authorization: Bearer '$$tok"; \
-	echo "  curl -s $$url/openapi.json | head -c 300; curl -s $$url/metrics | head"; \
-	echo "  $(BIN)/switchback tx list --server $$url   (with SWITCHBACK_TOKEN=$$tok)"; \
-	echo ""
 	SWITCHBACK_ADMIN_TOKENS="$${SWITCHBACK_ADMIN_TOKENS:-dev=dev-token}" \
-	QUICKSTART_DIR=$(DATA)/quickstart-inventory \
-	exec $(BIN)/switchback serve $(APP) --data $(DATA) --port $(PORT)
+	QUICKSTART_DIR=$(DATA)/quickstart-inventory PYTHONPATH=examples/provision \
+	exec $(BIN)/python -m provision_app.lab up --app $(APP) --data $(DATA) --port $(PORT)
 
 lint: install
 	$(BIN)/ruff check src tests bench examples

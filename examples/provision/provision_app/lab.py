@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import getpass
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -351,18 +350,10 @@ def peers(workdir: Path) -> Iterator[tuple[Moto | None, NetconfDevice | None, li
 
 
 def up(app: Path, data: Path, port: int) -> int:
-    """Start the peers, then ``switchback serve`` the provision app in the foreground."""
+    """Start the peers, then ``switchback serve`` the app in the foreground (Ctrl-C stops all)."""
     workdir = (data / "provision-lab").resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     env: dict[str, str] = {}
-    token_note = ""
-    if not os.environ.get("SWITCHBACK_ADMIN_TOKENS"):
-        token_file = workdir / "admin-token"
-        if not token_file.exists():
-            token_file.write_text(secrets.token_urlsafe(24))
-            token_file.chmod(0o600)
-        env["SWITCHBACK_ADMIN_TOKENS"] = f"admin={token_file.read_text().strip()}"
-        token_note = f"TOKEN=$(cat {token_file})"
     with peers(workdir) as (moto, device, notes):
         inventory = workdir / "devices.yaml"
         write_inventory(inventory, {"leaf1": device.settings()} if device else {})
@@ -372,28 +363,38 @@ def up(app: Path, data: Path, port: int) -> int:
         for note in notes:
             print(f"warning: {note}", file=sys.stderr)
         url = f"http://127.0.0.1:{port}"
-        print(f"\nprovision example on {url}")
+        token = (
+            "dev-token"
+            if "dev=dev-token" in os.environ.get("SWITCHBACK_ADMIN_TOKENS", "")
+            else "$TOKEN"
+        )
+        print(f"\nswitchback serves {app} on {url}  (Ctrl-C stops it and the peers)")
         if moto:
-            print(f"  AWS (moto):      {moto.url}   (AWS_ENDPOINT_URL for the aws cli / boto3)")
+            print(f"  AWS (moto_server)  {moto.url}")
         if device:
             print(
-                f"  NETCONF device:  leaf1 = ssh -p {device.port} -i {device.key_filename} "
+                f"  NETCONF device     leaf1: ssh -p {device.port} -i {device.key_filename} "
                 f"{device.username}@127.0.0.1 -s netconf"
             )
-        print(f"  device inventory {inventory}")
-        if token_note:
-            print(f"  admin token:     {token_note}")
-        print("  walkthrough:     README.md, 'The provision example'\n", flush=True)
-        serve = [
-            str(Path(sys.executable).parent / "switchback"),
-            "serve",
-            str(app),
-            "--port",
-            str(port),
-            "--data",
-            str(data),
-        ]
+        print(f"  device inventory   {inventory}")
+        print("  try (README.md, 'Walkthrough: the provision example'):")
+        print(
+            f"    curl -s {url}/foo/bar -H 'Content-Type: application/json' -d @{app}/request.json"
+        )
+        print(f"    curl -s {url}/transactions -H 'Authorization: Bearer {token}'")
+        if moto:
+            print(
+                f"    env for boto3 / aws cli: {' '.join(f'{k}={v}' for k, v in moto.env().items())}"
+            )
+        print("", flush=True)
+        serve = [str(Path(sys.executable).parent / "switchback"), "serve", str(app),
+                 "--port", str(port), "--data", str(data)]  # fmt: skip
         proc = subprocess.Popen(serve, env={**os.environ, **env})
+
+        def _terminate(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _terminate)  # stop the peers on SIGTERM too
         try:
             return proc.wait()
         except KeyboardInterrupt:

@@ -360,6 +360,7 @@ def up(app: Path, data: Path, port: int) -> int:
         env["PROVISION_DEVICES"] = str(inventory)
         if moto:
             env.update(moto.env())
+        (workdir / "lab.yaml").write_text(yaml.safe_dump({"env": env}))
         for note in notes:
             print(f"warning: {note}", file=sys.stderr)
         url = f"http://127.0.0.1:{port}"
@@ -402,14 +403,80 @@ def up(app: Path, data: Path, port: int) -> int:
             return proc.wait()
 
 
+def _lab_env(data: Path) -> dict[str, str]:
+    state = (data / "provision-lab" / "lab.yaml").resolve()
+    if not state.exists():
+        raise SystemExit(f"{state} not found: is `make up` running (with DATA={data})?")
+    return dict(yaml.safe_load(state.read_text())["env"])
+
+
+def show(data: Path, xid: str | None) -> int:
+    """What the peers themselves hold: instances (by xid tag) and the device's interfaces."""
+    os.environ.update(_lab_env(data))
+    from provision_app import device as dev_blocks
+    from provision_app import settings
+
+    ec2 = settings.ec2_client()
+    filters = [{"Name": f"tag:{settings.TAG_XID}", "Values": [xid or "*"]}]
+    print("EC2 instances (tag switchback:xid):")
+    for r in ec2.describe_instances(Filters=filters)["Reservations"]:
+        for i in r["Instances"]:
+            tags = {t["Key"]: t["Value"] for t in i.get("Tags", [])}
+            print(f"  {i['InstanceId']}  {i['State']['Name']:<13} xid={tags.get(settings.TAG_XID)}")
+    dev = settings.device("leaf1")
+    print(f"leaf1 running datastore, interfaces ({dev.host}:{dev.port}):")
+    with dev_blocks.session(dev) as m:
+        reply = m.get_config(
+            source="running", filter=("subtree", f'<interfaces xmlns="{dev_blocks.IF_NS}"/>')
+        )
+        ns = {"if": dev_blocks.IF_NS}
+        for node in reply.data_ele.findall(".//if:interface", ns):
+            desc = node.findtext("if:description", default="", namespaces=ns)
+            if xid is None or xid in desc:
+                print(f"  {node.findtext('if:name', namespaces=ns)}: {desc}")
+    return 0
+
+
+def lock(data: Path) -> int:
+    """Hold <lock> on leaf1's running datastore until Ctrl-C: the device refuses every edit."""
+    os.environ.update(_lab_env(data))
+    from provision_app import device as dev_blocks
+    from provision_app import settings
+
+    def _release(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # also when started in the background
+        signal.signal(sig, _release)
+    with dev_blocks.session(settings.device("leaf1")) as m:
+        m.lock("running")
+        print("leaf1: running datastore locked; Ctrl-C releases it", flush=True)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+        m.unlock("running")
+        print("leaf1: unlocked")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m provision_app.lab")
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start moto + a NETCONF device, serve the provision app")
     p_up.add_argument("--app", type=Path, default=Path(__file__).resolve().parents[1])
-    p_up.add_argument("--data", type=Path, default=Path(".switchback"))
     p_up.add_argument("--port", type=int, default=9099)
+    p_show = sub.add_parser("show", help="instances and device config, as the peers see them")
+    p_show.add_argument("xid", nargs="?")
+    sub.add_parser("lock", help="lock leaf1's running datastore until Ctrl-C")
+    for p in (p_up, p_show, *sub.choices.values()):
+        if not any(a.dest == "data" for a in p._actions):
+            p.add_argument("--data", type=Path, default=Path(".switchback"))
     args = parser.parse_args(argv)
+    if args.command == "show":
+        return show(args.data, args.xid)
+    if args.command == "lock":
+        return lock(args.data)
     return up(args.app, args.data, args.port)
 
 

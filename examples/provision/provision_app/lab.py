@@ -469,9 +469,10 @@ def main(argv: list[str] | None = None) -> int:
     p_show = sub.add_parser("show", help="instances and device config, as the peers see them")
     p_show.add_argument("xid", nargs="?")
     sub.add_parser("lock", help="lock leaf1's running datastore until Ctrl-C")
-    for p in (p_up, p_show, *sub.choices.values()):
-        if not any(a.dest == "data" for a in p._actions):
-            p.add_argument("--data", type=Path, default=Path(".switchback"))
+    for command in sub.choices.values():
+        command.add_argument(
+            "--data", type=Path, default=Path(".switchback"), help="as make up's DATA"
+        )
     args = parser.parse_args(argv)
     if args.command == "show":
         return show(args.data, args.xid)

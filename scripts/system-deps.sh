@@ -26,3 +26,8 @@ if command -v pg_isready >/dev/null 2>&1; then
     pg_isready -q -h 127.0.0.1 -p 5432 || { echo "system-deps: PostgreSQL did not start" >&2; exit 1; }
   fi
 fi
+# The store tests run on SQLite *and* PostgreSQL: never let CI skip the second one quietly.
+if ! (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; then
+  echo "system-deps: PostgreSQL is not listening on 127.0.0.1:5432 and could not be started" >&2
+  exit 1
+fi

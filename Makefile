@@ -23,11 +23,13 @@ install: $(VENV)/.installed
 system-deps:
 	bash scripts/system-deps.sh netconfd openssh-server openssh-client
 
-# Serves the example app (examples/provision) over HTTP (all roles in one process, SQLite in
-# $(DATA)) with its real peers on loopback, each started when it can run here: moto's server (AWS)
-# and a NETCONF device (netconfd behind its own sshd; needs root and the Debian packages, which
-# system-deps installs when run as root). Ctrl-C stops the server and the peers. Without
-# SWITCHBACK_ADMIN_TOKENS in the environment a development token "dev-token" is used.
+# Starts the platform with the example app (examples/provision): its real peers on loopback, each
+# when it can run here — moto's server (AWS) and a NETCONF device (netconfd behind its own sshd;
+# needs root and the Debian packages, which system-deps installs when run as root) — then
+# `switchback up`: the controller (xDS control plane + local runtime + releases) deploys the app as
+# v1 of `production`, every role with its Envoy sidecar, behind an ingress on $(PORT). SQLite in
+# $(DATA). Ctrl-C stops everything. Without SWITCHBACK_ADMIN_TOKENS in the environment a
+# development token "dev-token" is used.
 PORT ?= 9099
 up: install
 	-@$(MAKE) --no-print-directory system-deps || echo "make up: Debian packages missing: the NETCONF device will not start" >&2

@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -369,7 +370,17 @@ def up(app: Path, data: Path, port: int) -> int:
             if "dev=dev-token" in os.environ.get("SWITCHBACK_ADMIN_TOKENS", "")
             else "$TOKEN"
         )
-        print(f"\nswitchback serves {app} on {url}  (Ctrl-C stops it and the peers)")
+        sb = str(Path(sys.executable).parent / "switchback")
+        # The whole platform: the controller (xDS + runtime) deploys the app as v1 of
+        # `production` — every role with its Envoy sidecar, services, and an ingress whose
+        # public port is `port`. The instances inherit the peers' settings from `env`.
+        started = subprocess.run(
+            [sb, "up", str(app), "--data", str(data), "--public-port", str(port)],
+            env={**os.environ, **env},
+        )
+        if started.returncode != 0:
+            return started.returncode
+        print(f"\nswitchback serves {app} at {url}  (Ctrl-C stops it and the peers)")
         if moto:
             print(f"  AWS (moto_server)  {moto.url}")
         if device:
@@ -383,24 +394,22 @@ def up(app: Path, data: Path, port: int) -> int:
             f"    curl -s {url}/foo/bar -H 'Content-Type: application/json' -d @{app}/request.json"
         )
         print(f"    curl -s {url}/transactions -H 'Authorization: Bearer {token}'")
+        print(f"    {sb} release status --data {data}")
         if moto:
             print(
                 f"    env for boto3 / aws cli: {' '.join(f'{k}={v}' for k, v in moto.env().items())}"
             )
         print("", flush=True)
-        serve = [str(Path(sys.executable).parent / "switchback"), "serve", str(app),
-                 "--port", str(port), "--data", str(data)]  # fmt: skip
-        proc = subprocess.Popen(serve, env={**os.environ, **env})
+        stop = threading.Event()
 
         def _terminate(signum: int, frame: object) -> None:
-            raise KeyboardInterrupt
+            stop.set()
 
-        signal.signal(signal.SIGTERM, _terminate)  # stop the peers on SIGTERM too
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            proc.send_signal(signal.SIGINT)
-            return proc.wait()
+        signal.signal(signal.SIGTERM, _terminate)  # stop the platform and the peers on SIGTERM too
+        signal.signal(signal.SIGINT, _terminate)
+        stop.wait()
+        subprocess.run([sb, "down", "--data", str(data)])
+        return 0
 
 
 def _lab_env(data: Path) -> dict[str, str]:

@@ -71,10 +71,14 @@ class Controller:
         # The apps' admin token, handed to every instance (the controller calls their API).
         self.app_token = previous.get("app_token") or secrets.token_urlsafe(24)
         self.cp = ControlPlane(state_file=self.data / "xds-state.json")
+        # The apps accept the operator's tokens (if any) and the controller's own.
+        tokens = ",".join(
+            t
+            for t in (os.environ.get("SWITCHBACK_ADMIN_TOKENS"), f"controller={self.app_token}")
+            if t
+        )
         self.runtime = LocalRuntime(
-            self.data / "runtime",
-            self.cp,
-            env_vars={"SWITCHBACK_ADMIN_TOKENS": f"controller={self.app_token}"},
+            self.data / "runtime", self.cp, env_vars={"SWITCHBACK_ADMIN_TOKENS": tokens}
         )
         self.engine = Engine(release_app(), open_store(self.data / "controller"))
         self._stop = asyncio.Event()

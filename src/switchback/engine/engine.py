@@ -18,7 +18,6 @@ import random
 import string
 import time
 import traceback
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -239,7 +238,7 @@ class Engine:
             if existing:
                 return self._same_request(existing, idempotency_key, fingerprint)
         now = self.clock()
-        xid = uuid.uuid4().hex
+        xid = os.urandom(16).hex()  # 128 random bits, like uuid4, at a fraction of its cost
         tx = TxRecord(
             xid=xid,
             scenario=sc.name,
@@ -671,6 +670,10 @@ class Engine:
         for o in self.observers:
             o.transaction_changed(tx)
 
+    def _notify(self, tx: TxRecord) -> None:
+        for o in self.observers:
+            o.transaction_changed(tx)
+
     async def _continue(self, tx: TxRecord, wait: bool) -> TxRecord:
         if tx.status in ACTIVE:
             self._spawn(tx)
@@ -700,6 +703,7 @@ class Engine:
             log.warning(
                 "lost ownership; another worker took the transaction over", extra={"xid": tx.xid}
             )
+            self._notify(tx)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -708,6 +712,7 @@ class Engine:
             log.exception("driver failed", extra={"xid": tx.xid})
             with contextlib.suppress(Exception):
                 await self._release(tx)
+            self._notify(tx)
 
     async def _call(self, fn: Callable[..., Any], ctx: BlockContext, timeout: float | None) -> Any:
         if inspect.iscoroutinefunction(fn):

@@ -117,7 +117,11 @@ class TxRecord:
     audit: list[AuditRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        failed = next((b for b in self.blocks if b.status in (FAILED, UNDO_FAILED)), None)
+        # The block that stopped the transaction: failed now, or (after a rollback) the last one
+        # that recorded an error.
+        failed = next((b for b in self.blocks if b.status in (FAILED, UNDO_FAILED)), None) or next(
+            (b for b in reversed(self.blocks) if b.error or b.undo_error), None
+        )
         return {
             "xid": self.xid,
             "scenario": self.scenario,

@@ -177,6 +177,11 @@ def _resolve(future: asyncio.Future[Any], result: Any, exc: BaseException | None
         future.set_result(result)
 
 
+def _resolve_all(items: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, result, exc in items:
+        _resolve(future, result, exc)
+
+
 class SQLiteStore(Store):
     """Group commit: writes that queue up while a commit is in flight are committed together in
     the next one (each inside its own SAVEPOINT, so one refused write does not undo the others).
@@ -266,8 +271,15 @@ class SQLiteStore(Store):
 
     @staticmethod
     def _finish(done: list[tuple[_Op, Any, BaseException | None]]) -> None:
+        # One wake-up of each event loop per batch, not one per write: waking a loop costs a
+        # write to its self-pipe and a trip through its selector.
+        by_loop: dict[
+            asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]
+        ] = {}
         for op, result, exc in done:
-            op.loop.call_soon_threadsafe(_resolve, op.future, result, exc)
+            by_loop.setdefault(op.loop, []).append((op.future, result, exc))
+        for loop, items in by_loop.items():
+            loop.call_soon_threadsafe(_resolve_all, items)
 
     def _open_sync(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)

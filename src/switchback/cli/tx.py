@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from switchback.cli.common import (
     styled,
     ts,
 )
+from switchback.engine import Engine
 from switchback.store.records import TX_STATUSES, TxRecord
 
 app = typer.Typer(help="Inspect transactions and decide on parked ones.", no_args_is_help=True)
@@ -43,6 +45,30 @@ def _show(tx: TxRecord | dict[str, Any], as_json: bool) -> None:
 def _remote(server: str, path: str, body: Any, as_json: bool) -> None:
     """A decision through the HTTP API: show the transaction, exit like the local command."""
     tx = api_call(server, "POST", path, body=body)
+    _show(tx, as_json)
+    raise typer.Exit(exit_code_for(tx))
+
+
+def _decide(
+    act: Callable[[Engine], Awaitable[TxRecord]],
+    *,
+    remote: tuple[str | None, str, Any],
+    data: Path | None,
+    db: str | None,
+    app_dir: Path | None,
+    as_json: bool,
+) -> None:
+    """One decision, through the API (``remote`` = server, path, body) or on the local store;
+    shows the transaction and exits 0 (settled) or 2 (parked)."""
+    server, path, body = remote
+    if server:
+        _remote(server, path, body, as_json)
+
+    async def go() -> TxRecord:
+        async with engine_for(data, app_dir, db=db) as engine:
+            return await act(engine)
+
+    tx = run_async(go)
     _show(tx, as_json)
     raise typer.Exit(exit_code_for(tx))
 
@@ -174,19 +200,12 @@ def rollforward(
 ) -> None:
     """Run a suspended transaction again from its failed block."""
     request = read_json_file(input)
-    if server:
-        body = {"request": request, "from": from_block, "reason": reason}
-        _remote(server, f"/transactions/{xid}/rollforward", _present(body), as_json)
-
-    async def go() -> TxRecord:
-        async with engine_for(data, app_dir, db=db) as engine:
-            return await engine.rollforward(
-                xid, actor=actor(), reason=reason, request=request, from_block=from_block
-            )
-
-    tx = run_async(go)
-    _show(tx, as_json)
-    raise typer.Exit(exit_code_for(tx))
+    body = _present({"request": request, "from": from_block, "reason": reason})
+    _decide(
+        lambda e: e.rollforward(xid, actor=actor(), reason=reason, request=request, from_block=from_block),
+        remote=(server, f"/transactions/{xid}/rollforward", body),
+        data=data, db=db, app_dir=app_dir, as_json=as_json,
+    )  # fmt: skip
 
 
 @app.command()
@@ -200,16 +219,11 @@ def rollback(
     server: str | None = ServerOpt,
 ) -> None:
     """UNDO every block that ran, newest first (or retry a failed rollback)."""
-    if server:
-        _remote(server, f"/transactions/{xid}/rollback", _present({"reason": reason}), as_json)
-
-    async def go() -> TxRecord:
-        async with engine_for(data, app_dir, db=db) as engine:
-            return await engine.rollback(xid, actor=actor(), reason=reason)
-
-    tx = run_async(go)
-    _show(tx, as_json)
-    raise typer.Exit(exit_code_for(tx))
+    _decide(
+        lambda e: e.rollback(xid, actor=actor(), reason=reason),
+        remote=(server, f"/transactions/{xid}/rollback", _present({"reason": reason})),
+        data=data, db=db, app_dir=app_dir, as_json=as_json,
+    )  # fmt: skip
 
 
 @app.command()
@@ -223,16 +237,11 @@ def compensated(
     server: str | None = ServerOpt,
 ) -> None:
     """Mark the failed UNDO as compensated by hand; the rollback goes on with older blocks."""
-    if server:
-        _remote(server, f"/transactions/{xid}/compensated", {"reason": reason}, as_json)
-
-    async def go() -> TxRecord:
-        async with engine_for(data, app_dir, db=db) as engine:
-            return await engine.mark_compensated(xid, actor=actor(), reason=reason)
-
-    tx = run_async(go)
-    _show(tx, as_json)
-    raise typer.Exit(exit_code_for(tx))
+    _decide(
+        lambda e: e.mark_compensated(xid, actor=actor(), reason=reason),
+        remote=(server, f"/transactions/{xid}/compensated", {"reason": reason}),
+        data=data, db=db, app_dir=app_dir, as_json=as_json,
+    )  # fmt: skip
 
 
 @app.command()
@@ -249,17 +258,11 @@ def signal(
 ) -> None:
     """Send a named signal; a transaction waiting for it resumes."""
     body = read_json_file(payload)
-    if server:
-        req = _present({"payload": body, "reason": reason})
-        _remote(server, f"/transactions/{xid}/signals/{name}", req, as_json)
-
-    async def go() -> TxRecord:
-        async with engine_for(data, app_dir, db=db) as engine:
-            return await engine.signal(xid, name, body, actor=actor(), reason=reason)
-
-    tx = run_async(go)
-    _show(tx, as_json)
-    raise typer.Exit(exit_code_for(tx))
+    _decide(
+        lambda e: e.signal(xid, name, body, actor=actor(), reason=reason),
+        remote=(server, f"/transactions/{xid}/signals/{name}", _present({"payload": body, "reason": reason})),
+        data=data, db=db, app_dir=app_dir, as_json=as_json,
+    )  # fmt: skip
 
 
 @app.command()

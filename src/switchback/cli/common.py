@@ -19,7 +19,7 @@ from rich.table import Table
 
 from switchback.engine import Engine, EngineError, RequestInvalid
 from switchback.model import App, AppLoadError, load_app
-from switchback.store import open_store
+from switchback.store import StoreError, open_store
 from switchback.store.records import TxRecord
 
 T = TypeVar("T")
@@ -118,6 +118,8 @@ def run_async(coro_fn: Callable[[], Awaitable[T]]) -> T:
             err.print(f"  [red]{v['path']}[/red]: {v['message']}")
         fail("the request does not match the scenario's schema")
     except EngineError as exc:
+        fail(str(exc))
+    except StoreError as exc:  # e.g. the --db server cannot be reached: one line, no traceback
         fail(str(exc))
 
 

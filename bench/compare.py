@@ -312,7 +312,8 @@ def main() -> None:
 
     with psycopg.connect(args.pg) as conn:
         pg_version = conn.execute("SHOW server_version").fetchone()
-    print(f"PostgreSQL {pg_version[0] if pg_version else '?'}, SQLite {sqlite3.sqlite_version}")
+    print(f"PostgreSQL {pg_version[0] if pg_version else '?'}, SQLite {sqlite3.sqlite_version}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end")  # fmt: skip
     if args.json:
         print(json.dumps({"raw": raw, "rows": rows}))
 

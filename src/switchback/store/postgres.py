@@ -191,28 +191,48 @@ SELECT 1
 """
 
 # The fence check and everything the write carries, in one statement: when the fence is stale
-# the UPDATE matches nothing and every other part joins on its empty result.
-_WRITE = f"""
+# the UPDATE matches nothing and every other part joins on its empty result. Parts the write does
+# not need are left out (a few statement shapes, each prepared once per connection).
+_W_TX = """
 WITH t AS (
     UPDATE transactions SET status=%s, request=%s::jsonb, cursor=%s, reason=%s, error=%s::jsonb,
         result=%s::jsonb, updated_at=%s, deadline=%s, owner=%s, lease_until=%s
     WHERE xid=%s AND fence=%s RETURNING xid
-), b AS (
+)"""
+_W_BLOCKS = f""", b AS (
     UPDATE blocks SET status=v.status, attempts=v.attempts, output=v.output, error=v.error,
         started_at=v.started_at, ended_at=v.ended_at, undo_attempts=v.undo_attempts,
         undo_output=v.undo_output, undo_error=v.undo_error, note=v.note
     FROM {_BLOCK_ROWS}
     WHERE blocks.xid = (SELECT xid FROM t) AND blocks.idx = v.idx
-), a AS (
+)"""
+_W_AUDIT = """, a AS (
     INSERT INTO audit (xid, at, actor, action, reason, input)
-    SELECT xid, %s, %s, %s, %s, %s::jsonb FROM t WHERE %s
-), s AS (
+    SELECT xid, %s, %s, %s, %s, %s::jsonb FROM t
+)"""
+_W_SIGNAL = """, s AS (
     UPDATE signals SET consumed=TRUE WHERE id=%s AND EXISTS (SELECT 1 FROM t)
-), l AS (
-    DELETE FROM locks WHERE %s AND xid = (SELECT xid FROM t)
-)
-SELECT count(*) FROM t
-"""
+)"""
+_W_UNLOCK = """, l AS (
+    DELETE FROM locks WHERE xid = (SELECT xid FROM t)
+)"""
+_WRITES: dict[tuple[bool, bool, bool, bool], str] = {}
+
+
+def _write_sql(blocks: bool, audit: bool, signal: bool, unlock: bool) -> str:
+    key = (blocks, audit, signal, unlock)
+    sql = _WRITES.get(key)
+    if sql is None:
+        sql = _WRITES[key] = (
+            _W_TX
+            + (_W_BLOCKS if blocks else "")
+            + (_W_AUDIT if audit else "")
+            + (_W_SIGNAL if signal else "")
+            + (_W_UNLOCK if unlock else "")
+            + "\nSELECT count(*) FROM t"
+        )
+    return sql
+
 
 _LOAD_TX = f"SELECT {_TX_COLS} FROM transactions WHERE xid=%s"
 _LOAD_BLOCKS = f"SELECT {_BLOCK_COLS} FROM blocks WHERE xid=%s ORDER BY idx"
@@ -409,29 +429,32 @@ class PostgresStore(Store):
         locks: Sequence[str] | None = None,
     ) -> None:
         final = tx.status in FINAL
-        params = (
+        params: list[Any] = [
             tx.status, _dump(tx.request), tx.cursor, tx.reason, _dump(tx.error), _dump(tx.result),
             tx.updated_at, tx.deadline, tx.owner, tx.lease_until, tx.xid, tx.fence,
-            _blocks_json(blocks),
-            *_audit_params(audit),
-            consume_signal,
-            final,
-        )  # fmt: skip
+        ]  # fmt: skip
+        if blocks:
+            params.append(_blocks_json(blocks))
+        if audit:
+            params += (audit.at, audit.actor, audit.action, audit.reason, _dump(audit.input))
+        if consume_signal is not None:
+            params.append(consume_signal)
+        sql = _write_sql(bool(blocks), audit is not None, consume_signal is not None, final)
         if locks is not None and not final:
-            await self._write_with_locks(tx, params, sorted(set(locks)))
+            await self._write_with_locks(tx, sql, params, sorted(set(locks)))
             return
         async with self.pool.connection() as conn:
-            row = await (await conn.execute(_WRITE, params)).fetchone()
+            row = await (await conn.execute(sql, params)).fetchone()
         if not row or row[0] != 1:
             raise FencedOut(f"transaction {tx.xid}: fencing token {tx.fence} is stale")
 
     async def _write_with_locks(
-        self, tx: TxRecord, params: tuple[Any, ...], keys: list[str]
+        self, tx: TxRecord, sql: str, params: list[Any], keys: list[str]
     ) -> None:
         """The rare write that changes the lock set (rollforward with a corrected request):
         an explicit transaction, so that a held key undoes the whole write."""
         async with self.pool.connection() as conn, conn.transaction():
-            row = await (await conn.execute(_WRITE, params)).fetchone()
+            row = await (await conn.execute(sql, params)).fetchone()
             if not row or row[0] != 1:
                 raise FencedOut(f"transaction {tx.xid}: fencing token {tx.fence} is stale")
             await conn.execute(

@@ -299,3 +299,47 @@ def test_postgres_url_options() -> None:
     assert isinstance(open_store("postgres://u@h/db"), PostgresStore)
     with pytest.raises(ValueError, match="identifier"):
         parse_url("postgresql://h/db?schema=a;drop")
+
+
+async def test_postgres_pool_bounds_connections_and_survives_lost_ones(tmp_path: Path) -> None:
+    import asyncio
+
+    import psycopg
+
+    from switchback.store.postgres import PostgresStore
+
+    store = PostgresStore(f"{PG_URL}?schema={pg_schema(tmp_path)}&pool_size=2")
+    await store.open()
+    try:
+        txs = [new_tx(f"p{i}") for i in range(30)]
+        await asyncio.gather(*(store.create(t, t.blocks) for t in txs))
+        loaded = await asyncio.gather(*(store.load(t.xid) for t in txs))
+        assert all(t is not None for t in loaded)
+        assert store.pool._size <= 2
+        # A waiter that gives up (cancelled) does not leak a connection.
+        waiters = [asyncio.ensure_future(store.load("p0")) for _ in range(10)]
+        await asyncio.sleep(0)
+        for w in waiters[5:]:
+            w.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        assert store.pool._size == len(store.pool._idle) <= 2
+        # The server drops our connections (restart, failover): the operation that finds its
+        # connection dead fails, the connection is discarded, and the next ones reconnect.
+        pids = [c.info.backend_pid for c in store.pool._idle]
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            for pid in pids:
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            deadline = time.monotonic() + 10
+            while conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (pids,)
+            ).fetchone() != (0,):
+                assert time.monotonic() < deadline, "backends did not go away"
+                await asyncio.sleep(0.01)  # polling interval
+        for _ in range(len(pids)):
+            with pytest.raises(psycopg.OperationalError):
+                await store.load("p0")
+        assert (await store.load("p0")) is not None
+    finally:
+        await store.close()
+        with psycopg.connect(PG_URL, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {pg_schema(tmp_path)} CASCADE")

@@ -96,15 +96,19 @@ def run_switchback(args: argparse.Namespace) -> dict[str, Any]:
 
     async def go() -> dict[str, Any]:
         async with Engine(app, open_store(args.store)) as engine:
-            await engine.run("bench", {})  # warm-up: schema, pool, prepared statements
+            await asyncio.gather(*(engine.run("bench", {}) for _ in range(args.concurrency)))
             wait_start(args.start_at)
             lat: list[float] = []
             began = time.time()
-            while time.time() - began < args.seconds:
-                t0 = time.perf_counter()
-                tx = await engine.run("bench", {})
-                lat.append(time.perf_counter() - t0)
-                assert tx.status == "completed", tx.status
+
+            async def stream() -> None:
+                while time.time() - began < args.seconds:
+                    t0 = time.perf_counter()
+                    tx = await engine.run("bench", {})
+                    lat.append(time.perf_counter() - t0)
+                    assert tx.status == "completed", tx.status
+
+            await asyncio.gather(*(stream() for _ in range(args.concurrency)))
             return {"transactions": len(lat), "lat": lat, "began": began, "ended": time.time()}
 
     return asyncio.run(go())
@@ -226,9 +230,12 @@ def engine_row(results: list[dict[str, Any]], steps: int) -> dict[str, Any]:
     }
 
 
-def measure_switchback(args: argparse.Namespace, store: str, workers: int) -> dict[str, Any]:
+def measure_switchback(
+    args: argparse.Namespace, store: str, workers: int, concurrency: int = 1
+) -> dict[str, Any]:
     start_at = time.time() + 3.0 + workers  # after every worker has opened its store
-    procs = [child("switchback", args, store=store, start_at=start_at) for _ in range(workers)]
+    procs = [child("switchback", args, store=store, start_at=start_at, concurrency=concurrency)
+             for _ in range(workers)]  # fmt: skip
     return engine_row(collect(procs), args.steps)
 
 
@@ -253,6 +260,7 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--store", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--start-at", type=float, default=0.0, help=argparse.SUPPRESS)
+    ap.add_argument("--concurrency", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         print(json.dumps(RUNNERS[args.child](args)))
@@ -271,14 +279,20 @@ def main() -> None:
             rows["switchback SQLite, 1 worker"] = measure_switchback(
                 args, str(Path(tmp) / "sb-sqlite"), 1
             )
+            rows["switchback SQLite, 1 worker x 8 concurrent"] = measure_switchback(
+                args, str(Path(tmp) / "sb-sqlite-8"), 1, 8
+            )
         if "switchback-pg" in only:
             import psycopg
 
-            for workers in (1, 4):
+            for workers, conc in ((1, 1), (4, 1), (1, 8)):
                 schema = f"bench_{secrets.token_hex(4)}"
+                label = f"switchback PostgreSQL, {workers} worker{'s' if workers > 1 else ''}"
+                if conc > 1:
+                    label += f" x {conc} concurrent"
                 try:
-                    rows[f"switchback PostgreSQL, {workers} worker(s)"] = measure_switchback(
-                        args, f"{args.pg}?schema={schema}", workers
+                    rows[label] = measure_switchback(
+                        args, f"{args.pg}?schema={schema}", workers, conc
                     )
                 finally:
                     with psycopg.connect(args.pg, autocommit=True) as conn:
@@ -291,20 +305,20 @@ def main() -> None:
                     rows[label] = {"error": str(exc)}
 
     print(f"\n{args.steps} no-op durable steps per transaction, one transaction at a time per "
-          f"worker, {args.seconds:g} s per measurement\n")  # fmt: skip
+          f"worker unless said otherwise, {args.seconds:g} s per measurement\n")  # fmt: skip
     if raw:
-        print(f"{'raw single-row commits/s':<36}{'':>12}")
+        print("raw single-row commits/s")
         for name, label in (("raw-sqlite", "SQLite (WAL, synchronous=FULL)"),
                             ("raw-pg", "PostgreSQL (autocommit INSERT)")):  # fmt: skip
             if name in raw:
-                print(f"  {label:<34}{raw[name]:>12,.0f}")
+                print(f"  {label:<44}{raw[name]:>10,.0f}")
         print()
-    print(f"{'system':<36}{'steps/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'tx':>8}")
+    print(f"{'system':<46}{'steps/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'tx':>8}")
     for label, r in rows.items():
         if "error" in r:
-            print(f"{label:<36}  error: {r['error']}")
+            print(f"{label:<46}  error: {r['error']}")
             continue
-        print(f"{label:<36}{r['steps_per_s']:>10,.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
+        print(f"{label:<46}{r['steps_per_s']:>10,.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}"
               f"{r['transactions']:>8}")  # fmt: skip
     print("\nversions: " + ", ".join(f"{d} {version(d)}" for d in
           ("switchback", "taskflow", "dbos", "SQLAlchemy", "psycopg")))  # fmt: skip

@@ -193,7 +193,7 @@ def test_chaos_three_workers_kill9(
     status = {xid: st for xid, st, _ in rows}
     assert {k: x for x, _, k in rows} == started  # exactly one transaction per accepted call
     assert len(started) + len(refused) == N_TX
-    assert len(started) >= N_TX * 0.8, f"too many lock refusals: {len(refused)}"
+    assert len(started) >= N_TX * 0.5, f"too many lock refusals: {len(refused)}"
     assert set(status.values()) <= {*FINAL, *PARKED}, Counter(status.values())
     held = query(pg_db, "SELECT key, xid FROM locks")
     assert all(status[x] in PARKED for _, x in held)  # final transactions hold no lock

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,13 @@ from switchback.store import Store, open_store
 
 STORE_KINDS = ["sqlite", "postgres"]
 PG_URL = os.environ.get("SWITCHBACK_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+# Per test session, so that two runs on one server (CI jobs in parallel) never share a schema.
+_SESSION = secrets.token_hex(3)
 
 
 def pg_schema(tmp_path: Path) -> str:
     """One schema per test (its tmp_path is unique), so tests can run in parallel."""
-    return "t_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:20]
+    return f"t_{_SESSION}_" + hashlib.sha1(str(tmp_path).encode()).hexdigest()[:16]
 
 
 def store_url(kind: str, tmp_path: Path) -> str:

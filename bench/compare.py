@@ -7,7 +7,8 @@ worker. Measured, each in a process of its own (DBOS is a process-wide singleton
 
 - raw single-row commit rate of SQLite (WAL, synchronous=FULL) and of PostgreSQL (autocommit
   INSERTs on one connection): the limit of "one durable write per step";
-- switchback on SQLite; switchback on PostgreSQL with 1 and with 4 worker processes;
+- switchback on SQLite; switchback on PostgreSQL with 1 and with 4 worker processes; and, to
+  show group commit, one switchback process with 8 transactions in flight on each store;
 - OpenStack TaskFlow (linear flow, SQLAlchemy persistence on SQLite);
 - DBOS Transact (workflow of steps, system database on the same PostgreSQL server).
 

@@ -164,3 +164,29 @@ def owner_is_dead(owner: str | None) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return False
+
+
+def list_query(
+    columns: str,
+    status: str | None,
+    scenario: str | None,
+    cursor: str | None,
+    limit: int,
+    mark: str,
+) -> tuple[str, tuple[Any, ...]]:
+    """The query behind ``Store.list`` (newest first, one row more than the page to tell whether
+    there is a next one), for a DB-API driver whose placeholder is ``mark``."""
+    where: list[str] = []
+    params: list[Any] = []
+    for clause, value in (
+        ("status=", status),
+        ("scenario=", scenario),
+        ("seq<", int(cursor) if cursor else None),
+    ):
+        if value is not None and value != "":
+            where.append(clause + mark)
+            params.append(value)
+    sql = f"SELECT seq, {columns} FROM transactions"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    return sql + f" ORDER BY seq DESC LIMIT {mark}", (*params, limit + 1)

@@ -29,6 +29,7 @@ from switchback.store.base import (
     LockHeld,
     Store,
     StoreError,
+    list_query,
     owner_is_dead,
 )
 from switchback.store.records import (
@@ -707,23 +708,9 @@ class PostgresStore(Store):
         limit: int = 50,
         cursor: str | None = None,
     ) -> tuple[list[TxRecord], str | None]:
-        where: list[str] = []
-        params: list[Any] = []
-        if status:
-            where.append("status=%s")
-            params.append(status)
-        if scenario:
-            where.append("scenario=%s")
-            params.append(scenario)
-        if cursor:
-            where.append("seq<%s")
-            params.append(int(cursor))
-        sql = f"SELECT seq, {_TX_COLS} FROM transactions"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY seq DESC LIMIT %s"
+        sql, params = list_query(_TX_COLS, status, scenario, cursor, limit, "%s")
         async with self.pool.connection() as conn:
-            rows = await (await conn.execute(sql, (*params, limit + 1))).fetchall()  # type: ignore[arg-type]
+            rows = await (await conn.execute(sql, params)).fetchall()  # type: ignore[arg-type]
         page = [_tx_from_row(r[1:]) for r in rows[:limit]]
         nxt = str(rows[limit - 1][0]) if len(rows) > limit else None
         return page, nxt

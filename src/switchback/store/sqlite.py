@@ -21,6 +21,7 @@ from switchback.store.base import (
     FencedOut,
     LockHeld,
     Store,
+    list_query,
     owner_is_dead,
 )
 from switchback.store.records import (
@@ -559,21 +560,8 @@ class SQLiteStore(Store):
         cursor: str | None = None,
     ) -> tuple[list[TxRecord], str | None]:
         def go(db: sqlite3.Connection) -> tuple[list[TxRecord], str | None]:
-            where, params = [], []
-            if status:
-                where.append("status=?")
-                params.append(status)
-            if scenario:
-                where.append("scenario=?")
-                params.append(scenario)
-            if cursor:
-                where.append("seq<?")
-                params.append(int(cursor))
-            sql = f"SELECT seq, {_TX_COLS} FROM transactions"
-            if where:
-                sql += " WHERE " + " AND ".join(where)
-            sql += " ORDER BY seq DESC LIMIT ?"
-            rows = db.execute(sql, (*params, limit + 1)).fetchall()
+            sql, params = list_query(_TX_COLS, status, scenario, cursor, limit, "?")
+            rows = db.execute(sql, params).fetchall()
             page = [_tx_from_row(r[1:]) for r in rows[:limit]]
             nxt = str(rows[limit - 1][0]) if len(rows) > limit else None
             return page, nxt

@@ -139,11 +139,13 @@ class Engine:
         )
         self.clock = clock
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._active = 0  # drive tasks not finished
         self._heartbeat: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def open(self) -> Engine:
+        self.store.set_load_hint(lambda: self._active <= 1)
         await self.store.open()
         self._heartbeat = asyncio.create_task(self._heartbeat_loop(), name="switchback-heartbeat")
         return self
@@ -688,10 +690,16 @@ class Engine:
     # -- driving ---------------------------------------------------------------------------------
 
     def _spawn(self, tx: TxRecord) -> None:
-        self._tasks[tx.xid] = asyncio.create_task(self._drive(tx), name=f"tx-{tx.xid}")
+        task = asyncio.create_task(self._drive(tx), name=f"tx-{tx.xid}")
+        self._active += 1
+        task.add_done_callback(self._one_less)
+        self._tasks[tx.xid] = task
         # Forget finished tasks so the dict does not grow without bound.
         for xid in [x for x, t in self._tasks.items() if t.done()]:
             del self._tasks[xid]
+
+    def _one_less(self, _task: asyncio.Task[None]) -> None:
+        self._active -= 1
 
     async def _drive(self, tx: TxRecord) -> None:
         try:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from switchback.store.records import AuditRecord, BlockRecord, LockRecord, SignalRecord, TxRecord
@@ -43,6 +43,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def open(self) -> None: ...
+
+    def set_load_hint(self, alone: Callable[[], bool]) -> None:  # noqa: B027 (optional hook)
+        """``alone()`` tells whether a single transaction is moving in this process; a store
+        may then take a faster path for one writer. Default: ignored."""
 
     @abc.abstractmethod
     async def close(self) -> None: ...

@@ -138,7 +138,7 @@ class Engine:
             else float(os.environ.get("SWITCHBACK_LEASE_SECONDS") or 15.0)
         )
         self.clock = clock
-        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._tasks: dict[str, asyncio.Task[TxRecord | None]] = {}
         self._active = 0  # drive tasks not finished
         self._heartbeat: asyncio.Task[None] | None = None
 
@@ -218,6 +218,12 @@ class Engine:
         if task is not None and not task.done():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(task), timeout)
+            if task.done() and not task.cancelled() and task.exception() is None:
+                settled = task.result()
+                if settled is not None:
+                    # The driver's record equals what it wrote last (each change is applied in
+                    # memory and then committed): no need to read it back.
+                    return settled
         return await self.get(xid)
 
     # -- starting --------------------------------------------------------------------------------
@@ -698,10 +704,12 @@ class Engine:
         for xid in [x for x, t in self._tasks.items() if t.done()]:
             del self._tasks[xid]
 
-    def _one_less(self, _task: asyncio.Task[None]) -> None:
+    def _one_less(self, _task: asyncio.Task[TxRecord | None]) -> None:
         self._active -= 1
 
-    async def _drive(self, tx: TxRecord) -> None:
+    async def _drive(self, tx: TxRecord) -> TxRecord | None:
+        """Drive until the transaction stops moving; returns it as last written, or None if the
+        driver lost ownership or failed (the stored state is then the truth)."""
         try:
             sc = self.scenario(tx.scenario)
             while True:
@@ -710,12 +718,13 @@ class Engine:
                 elif tx.status == ROLLING_BACK:
                     await self._undo_step(tx, sc)
                 else:
-                    return
+                    return tx
         except FencedOut:
             log.warning(
                 "lost ownership; another worker took the transaction over", extra={"xid": tx.xid}
             )
             self._notify(tx)
+            return None
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -725,6 +734,7 @@ class Engine:
             with contextlib.suppress(Exception):
                 await self._release(tx)
             self._notify(tx)
+            return None
 
     async def _call(self, fn: Callable[..., Any], ctx: BlockContext, timeout: float | None) -> Any:
         if inspect.iscoroutinefunction(fn):

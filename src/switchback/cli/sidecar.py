@@ -89,24 +89,7 @@ def bootstrap(
     listen_host: str = ListenHostOpt,
 ) -> None:
     """Print the Envoy bootstrap (YAML) for a node."""
-    print(
-        _bootstrap(
-            node_id,
-            xds,
-            app_port,
-            listen_port,
-            admin_port,
-            kind,
-            role,
-            version,
-            environment,
-            outbound,
-            service,
-            route,
-            listen_host,
-        ),
-        end="",
-    )
+    print(_bootstrap(**locals()), end="")
 
 
 @app.command()
@@ -126,21 +109,7 @@ def run(
     listen_host: str = ListenHostOpt,
 ) -> None:
     """Start Envoy with that bootstrap (this process becomes Envoy)."""
-    text = _bootstrap(
-        node_id,
-        xds,
-        app_port,
-        listen_port,
-        admin_port,
-        kind,
-        role,
-        version,
-        environment,
-        outbound,
-        service,
-        route,
-        listen_host,
-    )
+    text = _bootstrap(**locals())
     fd, path = tempfile.mkstemp(prefix=f"switchback-{node_id}-", suffix=".yaml")
     with os.fdopen(fd, "w") as fh:
         fh.write(text)

@@ -26,6 +26,7 @@ from switchback.engine.errors import (
     Busy,
     DecisionRefused,
     IdempotencyConflict,
+    LimitReached,
     LockTimeout,
     RequestInvalid,
     UnknownScenario,
@@ -749,7 +750,7 @@ class Engine:
                 result = await aw
         except TimeoutError:
             if limit.expired():
-                raise TimeoutError(
+                raise LimitReached(
                     f"{ctx.phase} of block {ctx.block!r} timed out after {timeout:.3g} s"
                 ) from None
             raise
@@ -772,6 +773,11 @@ class Engine:
         while True:
             attempt = rec.attempts if phase == "do" else rec.undo_attempts
             timeout = bdef.timeout
+            # True when the transaction deadline, not the block's own timeout, bounds this try:
+            # the limit firing then means the transaction ran out of time. Decided here rather
+            # than by re-reading the clock afterwards: the loop's monotonic timer may fire a hair
+            # before the wall clock reaches the deadline (a flaky 'failed' instead of 'timeout').
+            deadline_bound = False
             if phase == "do" and tx.deadline is not None:
                 remaining = tx.deadline - self.clock()
                 if remaining <= 0:
@@ -780,6 +786,7 @@ class Engine:
                         None,
                         error_info(TransactionTimeout("transaction timeout reached")),
                     )
+                deadline_bound = timeout is None or remaining <= timeout
                 timeout = remaining if timeout is None else min(timeout, remaining)
             ctx = BlockContext(
                 xid=tx.xid, scenario=sc.name, block=bdef.name, attempt=attempt, request=tx.request,
@@ -798,15 +805,10 @@ class Engine:
                 raise
             except Exception as exc:
                 err = error_info(exc, traceback.format_exc(limit=20))
-                timed_out = isinstance(exc, TimeoutError)
+                timed_out = isinstance(exc, LimitReached)
             for o in self.observers:
                 o.block_finished(tx, bdef.name, phase, False, time.perf_counter() - began)
-            if (
-                phase == "do"
-                and timed_out
-                and tx.deadline is not None
-                and self.clock() >= tx.deadline
-            ):
+            if timed_out and deadline_bound:
                 return (
                     False,
                     None,

@@ -64,5 +64,11 @@ class IdempotencyConflict(EngineError):
         )
 
 
+class LimitReached(TimeoutError):
+    """The engine's own time limit on a DO/UNDO fired (as opposed to a TimeoutError the block
+    raised itself). Reported as a plain TimeoutError: users see one kind of timeout."""
+
+
 def error_info(exc: BaseException, tb: str | None = None) -> dict[str, Any]:
-    return {"type": type(exc).__name__, "message": str(exc) or type(exc).__name__, "traceback": tb}
+    name = "TimeoutError" if isinstance(exc, LimitReached) else type(exc).__name__
+    return {"type": name, "message": str(exc) or type(exc).__name__, "traceback": tb}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,14 @@ UNDOING = "undoing"
 UNDONE = "undone"
 UNDO_FAILED = "undo_failed"
 BLOCK_STATUSES = (PENDING, B_RUNNING, DONE, FAILED, UNDOING, UNDONE, UNDO_FAILED)
+
+
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+
+
+def to_json(value: Any) -> str | None:
+    """Compact JSON, None for None. One shared encoder: json.dumps builds one per call."""
+    return None if value is None else _encode(value)
 
 
 @dataclass
@@ -115,6 +124,17 @@ class TxRecord:
     fence: int = 0
     blocks: list[BlockRecord] = field(default_factory=list)
     audit: list[AuditRecord] = field(default_factory=list)
+    # The request as JSON text, kept with the object it was made from: stores write the request
+    # with every state change, and it changes only on a rollforward with a corrected request.
+    _request_json: tuple[Any, str | None] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+
+    def request_json(self) -> str | None:
+        cached = self._request_json
+        if cached is None or cached[0] is not self.request:
+            cached = self._request_json = (self.request, to_json(self.request))
+        return cached[1]
 
     def to_dict(self) -> dict[str, Any]:
         # The block that stopped the transaction: failed now, or (after a rollback) the last one

@@ -191,6 +191,30 @@ async def test_list_newest_first_with_cursor_orphans_signals_meta(
         await store.close()
 
 
+async def test_waiting_lists_unowned_waits_with_their_start_and_pending_signals(
+    store_factory: Callable[[], Store],
+) -> None:
+    store = store_factory()
+    await store.open()
+    try:
+        now = time.time()
+        for i in range(4):
+            tx = new_tx(f"w{i}")
+            tx.status = "waiting" if i < 3 else "running"
+            tx.cursor = 1
+            tx.blocks[1].started_at = now - 10 * i
+            tx.owner = "elsewhere:1:x" if i == 2 else None  # w2 has a live owner
+            await store.create(tx, tx.blocks)
+        sig = SignalRecord(xid="w1", name="approve", payload=None, at=now, actor="me")
+        await store.add_signal(sig, AuditRecord("w1", now, "me", "signal"))
+        rows = await store.waiting(now)
+        assert [(r.xid, r.cursor, r.signalled) for r in rows] == [("w0", 1, False), ("w1", 1, True)]
+        assert rows[1].started_at == pytest.approx(now - 10)
+        assert rows[0].scenario == "s"
+    finally:
+        await store.close()
+
+
 async def test_concurrent_claims_exactly_one_wins(store_factory: Callable[[], Store]) -> None:
     """Several stores (as in several worker processes) race to take over an expired lease."""
     import asyncio

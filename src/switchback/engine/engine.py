@@ -559,13 +559,18 @@ class Engine:
             log.info("taking over transaction", extra={"xid": xid})
             await self._resolve_in_doubt(tx)
             self._spawn(tx)
-        for xid in await self.store.orphans(now, (WAITING,)):
-            tx = await self.get(xid)
-            sc = self.scenario(tx.scenario)
-            b, bdef = tx.blocks[tx.cursor], sc.blocks[tx.cursor]
-            signal = await self.store.pending_signal(xid, bdef.wait or "")
-            timed_out = bdef.timeout is not None and (b.started_at or 0) + bdef.timeout <= now
-            if signal or timed_out:
+        # Waits: one query for all of them; a transaction is loaded only once it is due.
+        for w in await self.store.waiting(now):
+            xid = w.xid
+            try:
+                bdef = self.scenario(w.scenario).blocks[w.cursor]
+            except (UnknownScenario, IndexError):
+                continue  # not this app's (another app shares the store): not ours to wake
+            timed_out = bdef.timeout is not None and (w.started_at or 0) + bdef.timeout <= now
+            signalled = w.signalled and (
+                await self.store.pending_signal(xid, bdef.wait or "") is not None
+            )
+            if signalled or timed_out:
                 with contextlib.suppress(Busy):
                     tx = await self._claim(xid)
                     if tx.status == WAITING:

@@ -6,7 +6,14 @@ import abc
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from switchback.store.records import AuditRecord, BlockRecord, LockRecord, SignalRecord, TxRecord
+from switchback.store.records import (
+    AuditRecord,
+    BlockRecord,
+    LockRecord,
+    SignalRecord,
+    TxRecord,
+    WaitingRecord,
+)
 
 
 class StoreError(Exception):
@@ -110,6 +117,12 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def orphans(self, now: float, statuses: Sequence[str]) -> list[str]:
         """xids in the given statuses whose owner is gone (no owner, lease expired, or dead)."""
+
+    @abc.abstractmethod
+    async def waiting(self, now: float) -> list[WaitingRecord]:
+        """Transactions in ``waiting`` whose owner is gone, oldest first, with the wait block's
+        start and whether any signal is pending: one query per recovery sweep, however many
+        transactions wait (an approval can wait for days)."""
 
     @abc.abstractmethod
     async def add_signal(self, signal: SignalRecord, audit: AuditRecord) -> int: ...

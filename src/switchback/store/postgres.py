@@ -39,6 +39,7 @@ from switchback.store.records import (
     LockRecord,
     SignalRecord,
     TxRecord,
+    WaitingRecord,
 )
 
 SCHEMA_VERSION = 2
@@ -727,6 +728,22 @@ class PostgresStore(Store):
         return [
             xid
             for xid, owner, lease in rows
+            if owner is None or (lease is not None and lease < now) or owner_is_dead(owner)
+        ]
+
+    async def waiting(self, now: float) -> list[WaitingRecord]:
+        async with self.pool.connection() as conn:
+            rows = await (
+                await conn.execute(
+                    "SELECT t.xid, t.scenario, t.cursor, b.started_at, t.owner, t.lease_until, "
+                    "EXISTS (SELECT 1 FROM signals s WHERE s.xid = t.xid AND NOT s.consumed) "
+                    "FROM transactions t LEFT JOIN blocks b ON b.xid = t.xid AND b.idx = t.cursor "
+                    "WHERE t.status = 'waiting' ORDER BY t.seq"
+                )
+            ).fetchall()
+        return [
+            WaitingRecord(xid, scenario, cursor, started, bool(signalled))
+            for xid, scenario, cursor, started, owner, lease, signalled in rows
             if owner is None or (lease is not None and lease < now) or owner_is_dead(owner)
         ]
 

@@ -165,6 +165,18 @@ class TxRecord:
 
 
 @dataclass
+class WaitingRecord:
+    """A transaction parked at a wait block with no live owner, as the recovery sweep needs it:
+    enough to decide whether it is due (signal arrived, wait timed out) without loading it."""
+
+    xid: str
+    scenario: str
+    cursor: int
+    started_at: float | None  # when the wait block began
+    signalled: bool  # some unconsumed signal exists for the transaction
+
+
+@dataclass
 class LockRecord:
     key: str
     xid: str

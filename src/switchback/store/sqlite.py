@@ -32,6 +32,7 @@ from switchback.store.records import (
     LockRecord,
     SignalRecord,
     TxRecord,
+    WaitingRecord,
     to_json,
 )
 
@@ -767,6 +768,22 @@ class SQLiteStore(Store):
             return [
                 xid
                 for xid, owner, lease in rows
+                if owner is None or (lease is not None and lease < now) or owner_is_dead(owner)
+            ]
+
+        return await self._run(go)
+
+    async def waiting(self, now: float) -> list[WaitingRecord]:
+        def go(db: sqlite3.Connection) -> list[WaitingRecord]:
+            rows = db.execute(
+                "SELECT t.xid, t.scenario, t.cursor, b.started_at, t.owner, t.lease_until, "
+                "EXISTS (SELECT 1 FROM signals s WHERE s.xid = t.xid AND s.consumed = 0) "
+                "FROM transactions t LEFT JOIN blocks b ON b.xid = t.xid AND b.idx = t.cursor "
+                "WHERE t.status = 'waiting' ORDER BY t.seq"
+            ).fetchall()
+            return [
+                WaitingRecord(xid, scenario, cursor, started, bool(signalled))
+                for xid, scenario, cursor, started, owner, lease, signalled in rows
                 if owner is None or (lease is not None and lease < now) or owner_is_dead(owner)
             ]
 

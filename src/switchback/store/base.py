@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from switchback.store.records import (
@@ -149,6 +149,30 @@ def new_owner_id() -> str:
     import socket
 
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def owner_gone(owner: str | None, lease_until: float | None, now: float) -> bool:
+    """Nobody drives the transaction: no owner, an expired lease, or a dead owner process."""
+    return owner is None or (lease_until is not None and lease_until < now) or owner_is_dead(owner)
+
+
+def waiting_query(unconsumed: str) -> str:
+    """The recovery sweep's query for ``Store.waiting`` (``unconsumed``: the SQL that is true
+    for a signal not yet consumed, which differs between databases)."""
+    return (
+        "SELECT t.xid, t.scenario, t.cursor, b.started_at, t.owner, t.lease_until, "
+        f"EXISTS (SELECT 1 FROM signals s WHERE s.xid = t.xid AND {unconsumed}) "
+        "FROM transactions t LEFT JOIN blocks b ON b.xid = t.xid AND b.idx = t.cursor "
+        "WHERE t.status = 'waiting' ORDER BY t.seq"
+    )
+
+
+def waiting_records(rows: Iterable[Sequence[Any]], now: float) -> list[WaitingRecord]:
+    return [
+        WaitingRecord(xid, scenario, cursor, started, bool(signalled))
+        for xid, scenario, cursor, started, owner, lease, signalled in rows
+        if owner_gone(owner, lease, now)
+    ]
 
 
 def owner_is_dead(owner: str | None) -> bool:

@@ -30,7 +30,10 @@ from switchback.store.base import (
     Store,
     StoreError,
     list_query,
+    owner_gone,
     owner_is_dead,
+    waiting_query,
+    waiting_records,
 )
 from switchback.store.records import (
     FINAL,
@@ -42,6 +45,7 @@ from switchback.store.records import (
     WaitingRecord,
 )
 
+_WAITING = waiting_query("NOT s.consumed")
 SCHEMA_VERSION = 2
 
 # Each entry migrates from version i to i+1 (same history as the SQLite store). New versions
@@ -725,27 +729,12 @@ class PostgresStore(Store):
                     (list(statuses),),
                 )
             ).fetchall()
-        return [
-            xid
-            for xid, owner, lease in rows
-            if owner is None or (lease is not None and lease < now) or owner_is_dead(owner)
-        ]
+        return [xid for xid, owner, lease in rows if owner_gone(owner, lease, now)]
 
     async def waiting(self, now: float) -> list[WaitingRecord]:
         async with self.pool.connection() as conn:
-            rows = await (
-                await conn.execute(
-                    "SELECT t.xid, t.scenario, t.cursor, b.started_at, t.owner, t.lease_until, "
-                    "EXISTS (SELECT 1 FROM signals s WHERE s.xid = t.xid AND NOT s.consumed) "
-                    "FROM transactions t LEFT JOIN blocks b ON b.xid = t.xid AND b.idx = t.cursor "
-                    "WHERE t.status = 'waiting' ORDER BY t.seq"
-                )
-            ).fetchall()
-        return [
-            WaitingRecord(xid, scenario, cursor, started, bool(signalled))
-            for xid, scenario, cursor, started, owner, lease, signalled in rows
-            if owner is None or (lease is not None and lease < now) or owner_is_dead(owner)
-        ]
+            rows = await (await conn.execute(_WAITING)).fetchall()
+        return waiting_records(rows, now)
 
     async def pending_signal(self, xid: str, name: str) -> SignalRecord | None:
         async with self.pool.connection() as conn:

@@ -23,7 +23,10 @@ from switchback.store.base import (
     LockHeld,
     Store,
     list_query,
+    owner_gone,
     owner_is_dead,
+    waiting_query,
+    waiting_records,
 )
 from switchback.store.records import (
     FINAL,
@@ -161,6 +164,7 @@ _TX_INSERT = (
     "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _BLOCK_INSERT = f"INSERT INTO blocks ({_BLOCK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_WAITING = waiting_query("s.consumed = 0")
 _BLOCK_UPDATE = (
     "UPDATE blocks SET status=?, attempts=?, output=?, error=?, started_at=?, ended_at=?, "
     "undo_attempts=?, undo_output=?, undo_error=?, note=? WHERE xid=? AND idx=?"
@@ -765,29 +769,12 @@ class SQLiteStore(Store):
                 f"SELECT xid, owner, lease_until FROM transactions WHERE status IN ({marks}) ORDER BY seq",
                 tuple(statuses),
             ).fetchall()
-            return [
-                xid
-                for xid, owner, lease in rows
-                if owner is None or (lease is not None and lease < now) or owner_is_dead(owner)
-            ]
+            return [xid for xid, owner, lease in rows if owner_gone(owner, lease, now)]
 
         return await self._run(go)
 
     async def waiting(self, now: float) -> list[WaitingRecord]:
-        def go(db: sqlite3.Connection) -> list[WaitingRecord]:
-            rows = db.execute(
-                "SELECT t.xid, t.scenario, t.cursor, b.started_at, t.owner, t.lease_until, "
-                "EXISTS (SELECT 1 FROM signals s WHERE s.xid = t.xid AND s.consumed = 0) "
-                "FROM transactions t LEFT JOIN blocks b ON b.xid = t.xid AND b.idx = t.cursor "
-                "WHERE t.status = 'waiting' ORDER BY t.seq"
-            ).fetchall()
-            return [
-                WaitingRecord(xid, scenario, cursor, started, bool(signalled))
-                for xid, scenario, cursor, started, owner, lease, signalled in rows
-                if owner is None or (lease is not None and lease < now) or owner_is_dead(owner)
-            ]
-
-        return await self._run(go)
+        return await self._run(lambda db: waiting_records(db.execute(_WAITING).fetchall(), now))
 
     async def pending_signal(self, xid: str, name: str) -> SignalRecord | None:
         def go(db: sqlite3.Connection) -> SignalRecord | None:

@@ -225,9 +225,11 @@ class SQLiteStore(Store):
 
     MAX_BATCH = 256
     BUSY_RETRY = 0.002  # another process holds the write lock: try the batch again this soon
-    CHECKPOINT_EVERY = 0.2  # seconds between checkpoints while writes come in
-    # A WAL this long (32 MB of 4 KB pages) is rewound, holding writers for a moment.
-    RESTART_FRAMES = 8192
+    CHECKPOINT_EVERY = 0.05  # seconds between checkpoints while writes come in
+    # A WAL this long (4 MB of 4 KB pages, SQLite's own checkpoint threshold) is rewound, holding
+    # writers for a moment: a short WAL is overwritten in place, and an fsync that does not grow
+    # the file is cheaper (no size to record): ~0.6 instead of ~0.5 of the raw commit rate at C=1.
+    RESTART_FRAMES = 1000
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL") -> None:
         self.path = Path(path)

@@ -21,7 +21,7 @@ install: $(VENV)/.installed
 
 # Debian packages the integration tests need (real peers). Idempotent and quiet when present.
 system-deps:
-	bash scripts/system-deps.sh netconfd openssh-server openssh-client
+	bash scripts/system-deps.sh netconfd openssh-server openssh-client frr
 
 # Starts the platform with the example app (examples/provision): its real peers on loopback, each
 # when it can run here — moto's server (AWS) and a NETCONF device (netconfd behind its own sshd;

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 APP = ROOT / "examples" / "provision"
 sys.path.insert(0, str(APP))
 
-from provision_app import lab  # noqa: E402
+from provision_app import frr_lab, lab  # noqa: E402
 
 SWITCHBACK = Path(sys.executable).parent / "switchback"
 TOKEN = "provision-test-token"
@@ -174,6 +174,64 @@ def server(
     tmp_path_factory: pytest.TempPathFactory, moto: lab.Moto, inventory: Path
 ) -> Iterator[Server]:
     s = start_server(tmp_path_factory.mktemp("serve") / "data", moto, inventory)
+    try:
+        yield s
+    finally:
+        s.stop()
+
+
+# ------------------------------------------------------------- FRRouting in a network namespace
+
+
+@pytest.fixture(scope="session")
+def frr_router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[frr_lab.FrrRouter]:
+    """A real FRR (zebra + staticd) in a network namespace of its own, as the inventory's
+    ``edge1``; killed, its namespace deleted and its files removed at the end."""
+    why = frr_lab.frr_available()
+    if why:
+        if os.geteuid() != 0:
+            pytest.skip(f"FRR router: {why}")
+        pytest.fail(f"FRR router: {why} — run `make system-deps`")
+    router = frr_lab.start_frr_router(tmp_path_factory.mktemp("frr-lab"), name="edge1")
+    try:
+        yield router
+    finally:
+        router.stop()
+
+
+@pytest.fixture(scope="session")
+def frr_inventory(tmp_path_factory: pytest.TempPathFactory, frr_router: frr_lab.FrrRouter) -> Path:
+    path = tmp_path_factory.mktemp("frr-inventory") / "devices.yaml"
+    lab.write_inventory(path, {"edge1": frr_router.settings(timeout=10, converge_timeout=2)})
+    return path
+
+
+def serve_app(data: Path, env: dict[str, str]) -> Server:
+    """`switchback serve` of the provision app with these settings, ready (stopped if not)."""
+    port = lab.free_port()
+    log = data.parent / f"serve-{port}.log"
+    env = {**os.environ, **env, "SWITCHBACK_ADMIN_TOKENS": f"tester={TOKEN}"}
+    cmd = [str(SWITCHBACK), "serve", str(APP), "--port", str(port), "--data", str(data),
+           "--graceful-timeout", "3"]  # fmt: skip
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    server = Server(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+@pytest.fixture(scope="session")
+def frr_server(tmp_path_factory: pytest.TempPathFactory, frr_inventory: Path) -> Iterator[Server]:
+    """The app served with the FRR router as its only device (no AWS needed for /routes)."""
+    s = serve_app(
+        tmp_path_factory.mktemp("serve-frr") / "data", {"PROVISION_DEVICES": str(frr_inventory)}
+    )
     try:
         yield s
     finally:

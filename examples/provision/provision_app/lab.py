@@ -1,5 +1,6 @@
-"""Real peers on loopback for the provision example: AWS (moto's server) and a NETCONF device
-(Debian's ``netconfd`` behind its own ``sshd``).
+"""Real peers on loopback for the provision example: AWS (moto's server), a NETCONF device
+(Debian's ``netconfd`` behind its own ``sshd``) and an FRRouting router in a network namespace
+(``provision_app.frr_lab``).
 
 Used by the tests (``tests/examples/conftest.py``) and by ``make up``
 (``python -m provision_app.lab up``). Every process is started in its own process group on a free
@@ -25,9 +26,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from provision_app.frr_lab import FrrRouter
 
 NETCONFD = "/usr/sbin/netconfd"
 SUBSYSTEM = "/usr/sbin/netconf-subsystem"
@@ -350,14 +354,39 @@ def peers(workdir: Path) -> Iterator[tuple[Moto | None, NetconfDevice | None, li
             moto.stop()
 
 
+@contextlib.contextmanager
+def frr_router(workdir: Path, notes: list[str]) -> Iterator[FrrRouter | None]:
+    """The FRR router ``edge1`` when it can run here (else None and a note); stopped at the end."""
+    from provision_app import frr_lab
+
+    why = frr_lab.frr_available()
+    if why:
+        notes.append(f"FRR router not started: {why}")
+        yield None
+        return
+    try:
+        router = frr_lab.start_frr_router(workdir / "edge1", name="edge1")
+    except LabError as exc:
+        notes.append(f"FRR router not started: {exc}")
+        yield None
+        return
+    try:
+        yield router
+    finally:
+        router.stop()
+
+
 def up(app: Path, data: Path, port: int) -> int:
     """Start the peers, then ``switchback serve`` the app in the foreground (Ctrl-C stops all)."""
     workdir = (data / "provision-lab").resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     env: dict[str, str] = {}
-    with peers(workdir) as (moto, device, notes):
+    with peers(workdir) as (moto, device, notes), frr_router(workdir, notes) as router:
         inventory = workdir / "devices.yaml"
-        write_inventory(inventory, {"leaf1": device.settings()} if device else {})
+        devices = {"leaf1": device.settings()} if device else {}
+        if router:
+            devices["edge1"] = router.settings()
+        write_inventory(inventory, devices)
         env["PROVISION_DEVICES"] = str(inventory)
         if moto:
             env.update(moto.env())
@@ -388,11 +417,19 @@ def up(app: Path, data: Path, port: int) -> int:
                 f"  NETCONF device     leaf1: ssh -p {device.port} -i {device.key_filename} "
                 f"{device.username}@127.0.0.1 -s netconf"
             )
+        if router:
+            print(
+                f"  FRR router         edge1: ip netns exec {router.netns} vtysh -N "
+                f"{router.pathspace}  (or: python -m provision_app.lab vtysh)"
+            )
         print(f"  device inventory   {inventory}")
         print("  try (README.md, 'Walkthrough: the provision example'):")
         print(
             f"    curl -s {url}/foo/bar -H 'Content-Type: application/json' -d @{app}/request.json"
         )
+        if router:
+            route = '{"router": "edge1", "prefix": "198.51.100.0/24", "next_hop": "192.0.2.254"}'
+            print(f"    curl -s {url}/routes -H 'Content-Type: application/json' -d '{route}'")
         print(f"    curl -s {url}/transactions -H 'Authorization: Bearer {token}'")
         print(f"    {sb} release status --data {data}")
         if moto:
@@ -420,7 +457,8 @@ def _lab_env(data: Path) -> dict[str, str]:
 
 
 def show(data: Path, xid: str | None) -> int:
-    """What the peers themselves hold: instances (by xid tag) and the device's interfaces."""
+    """What the peers themselves hold: instances (by xid tag), the device's interfaces and the
+    FRR router's static routes."""
     os.environ.update(_lab_env(data))
     from provision_app import device as dev_blocks
     from provision_app import settings
@@ -443,7 +481,42 @@ def show(data: Path, xid: str | None) -> int:
             desc = node.findtext("if:description", default="", namespaces=ns)
             if xid is None or xid in desc:
                 print(f"  {node.findtext('if:name', namespaces=ns)}: {desc}")
+    show_routes("edge1", xid)
     return 0
+
+
+def show_routes(name: str, xid: str | None) -> None:
+    """The router's static routes (those of the transaction ``xid``: carrying its tag)."""
+    from provision_app import frr
+    from provision_app.settings import SettingsError
+
+    try:
+        router = frr.router(name)
+    except SettingsError as exc:
+        print(f"{name}: {exc}")
+        return
+    where = f"netns {router.netns or '(host)'}, FRR instance {router.pathspace or '(default)'}"
+    print(f"{name} static routes ({where}):")
+    config = frr.vtysh(router, "show running-config staticd")
+    for route in frr.parse_static_routes(config):
+        if xid is None or route.tag == frr.tag_of(xid):
+            entries = frr.rib_entries(router, route.prefix)
+            state = "installed" if frr.installed(entries, route.next_hop) else "not installed"
+            print(f"  {route.line}  ({state})")
+
+
+def vtysh(data: Path, name: str, commands: list[str]) -> int:
+    """vtysh on the FRR router ``name`` (in its namespace, on its instance): each command as a
+    ``-c``; without commands, vtysh's interactive shell."""
+    os.environ.update(_lab_env(data))
+    from provision_app import frr
+
+    router = frr.router(name)
+    argv = ["ip", "netns", "exec", router.netns] if router.netns else []
+    argv += [router.vtysh, *(["-N", router.pathspace] if router.pathspace else [])]
+    for command in commands:
+        argv += ["-c", command]
+    return subprocess.run(argv).returncode
 
 
 def lock(data: Path) -> int:
@@ -472,12 +545,17 @@ def lock(data: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m provision_app.lab")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_up = sub.add_parser("up", help="start moto + a NETCONF device, serve the provision app")
+    p_up = sub.add_parser(
+        "up", help="start moto, a NETCONF device and an FRR router; serve the provision app"
+    )
     p_up.add_argument("--app", type=Path, default=Path(__file__).resolve().parents[1])
     p_up.add_argument("--port", type=int, default=9099)
     p_show = sub.add_parser("show", help="instances and device config, as the peers see them")
     p_show.add_argument("xid", nargs="?")
     sub.add_parser("lock", help="lock leaf1's running datastore until Ctrl-C")
+    p_vtysh = sub.add_parser("vtysh", help="vtysh on the FRR router edge1 (each argument a -c)")
+    p_vtysh.add_argument("commands", nargs="*", help='e.g. "show ip route" (none: interactive)')
+    p_vtysh.add_argument("--router", default="edge1", help="its name in the device inventory")
     for command in sub.choices.values():
         command.add_argument(
             "--data", type=Path, default=Path(".switchback"), help="as make up's DATA"
@@ -487,6 +565,8 @@ def main(argv: list[str] | None = None) -> int:
         return show(args.data, args.xid)
     if args.command == "lock":
         return lock(args.data)
+    if args.command == "vtysh":
+        return vtysh(args.data, args.router, args.commands)
     return up(args.app, args.data, args.port)
 
 

@@ -146,27 +146,7 @@ class Server:
 
 
 def start_server(data: Path, moto: lab.Moto, inventory: Path) -> Server:
-    port = lab.free_port()
-    log = data.parent / f"serve-{port}.log"
-    env = {
-        **os.environ,
-        **moto.env(),
-        "PROVISION_DEVICES": str(inventory),
-        "SWITCHBACK_ADMIN_TOKENS": f"tester={TOKEN}",
-    }
-    cmd = [str(SWITCHBACK), "serve", str(APP), "--port", str(port), "--data", str(data),
-           "--graceful-timeout", "3"]  # fmt: skip
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    server = Server(proc, f"http://127.0.0.1:{port}", log)
-    try:
-        server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
-    return server
+    return serve_app(data, {**moto.env(), "PROVISION_DEVICES": str(inventory)})
 
 
 @pytest.fixture(scope="session")

@@ -31,18 +31,14 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-import os
 import re
 import shutil
 import subprocess
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
-
-from provision_app.settings import SettingsError
+from provision_app.settings import SettingsError, inventory_entry
 from switchback.engine import BlockContext
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # netns and pathspace names (FRR: no '/' nor '.')
@@ -69,16 +65,7 @@ class RouterSettings:
 
 def router(name: str) -> RouterSettings:
     """The inventory entry ``name``, which must be an FRR router."""
-    path = os.environ.get("PROVISION_DEVICES")
-    if not path:
-        raise SettingsError("PROVISION_DEVICES is not set (path of the device inventory YAML)")
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise SettingsError(f"cannot read device inventory {path}: {exc}") from exc
-    entry: dict[str, Any] | None = (data.get("devices") or {}).get(name)
-    if not entry:
-        raise SettingsError(f"device {name!r} is not in the inventory {path}")
+    path, entry = inventory_entry(name)
     if entry.get("flavour") != "frr":
         raise SettingsError(f"device {name!r} in {path} is not an FRR router (flavour: frr)")
     try:

@@ -44,7 +44,9 @@ class DeviceSettings:
     timeout: float
 
 
-def device(name: str) -> DeviceSettings:
+def inventory_entry(name: str) -> tuple[str, dict[str, Any]]:
+    """The inventory's path and its entry for device ``name`` (read on every call, so the
+    inventory can change under a running server)."""
     path = os.environ.get("PROVISION_DEVICES")
     if not path:
         raise SettingsError("PROVISION_DEVICES is not set (path of the device inventory YAML)")
@@ -55,6 +57,11 @@ def device(name: str) -> DeviceSettings:
     entry: dict[str, Any] | None = (data.get("devices") or {}).get(name)
     if not entry:
         raise SettingsError(f"device {name!r} is not in the inventory {path}")
+    return path, entry
+
+
+def device(name: str) -> DeviceSettings:
+    path, entry = inventory_entry(name)
     try:
         return DeviceSettings(
             name=name,

@@ -1,13 +1,15 @@
 """Benchmark: time from a redirect call to the ACK of every sidecar.
 
     .venv/bin/python bench/xds_push.py --envoys 10 --rounds 50
+    .venv/bin/python bench/xds_push.py --envoys 10 --rounds 50 --delta
     .venv/bin/python bench/xds_push.py --clients 500 --rounds 30
 
 Each round is a redirect (adds the target cluster: CDS -> EDS -> RDS, in make-before-break
 order) followed by a clear (RDS, then CDS removal); both are timed from the API call until
 `wait_acked` reports every node. The control plane runs in this process; Envoys (or the
 simulated ADS clients, in a child process) run elsewhere, so `time.process_time()` here is the
-control plane's CPU time per push.
+control plane's CPU time per push. `--delta` makes the Envoys speak incremental xDS (the
+simulated clients speak state of the world only).
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ async def measure(cp: ControlPlane, n: int, rounds: int) -> dict[str, Any]:
     return out
 
 
-async def bench_envoys(n: int, rounds: int) -> dict[str, Any]:
+async def bench_envoys(n: int, rounds: int, xds_api: str = "sotw") -> dict[str, Any]:
     cp = ControlPlane(state_file=None)
     port = await cp.start()
     work = Path(tempfile.mkdtemp(prefix="sb-bench-"))
@@ -116,7 +118,7 @@ async def bench_envoys(n: int, rounds: int) -> dict[str, Any]:
             )
             e = EnvoyProcess(
                 f"envoy-{i}",
-                bootstrap_config(f"envoy-{i}", "127.0.0.1", port, spec),
+                bootstrap_config(f"envoy-{i}", "127.0.0.1", port, spec, xds_api=xds_api),
                 workdir=work / str(i),
             )
             e.workdir.mkdir()
@@ -163,6 +165,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=0, help="simulated ADS clients")
     ap.add_argument("--channels", type=int, default=10, help="gRPC channels for simulated clients")
     ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--delta", action="store_true", help="Envoys speak delta xDS (not SotW)")
     ap.add_argument("--child", metavar="TARGET", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -170,7 +173,9 @@ def main() -> None:
         return
     results = []
     if args.envoys:
-        results.append({"mode": "envoy", **asyncio.run(bench_envoys(args.envoys, args.rounds))})
+        api = "delta" if args.delta else "sotw"
+        res = asyncio.run(bench_envoys(args.envoys, args.rounds, api))
+        results.append({"mode": "envoy", "xds_api": api, **res})
     if args.clients:
         results.append(
             {

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+from switchback.xds.cache import ROUTE, Snapshot
 from switchback.xds.control import ControlPlane
-from switchback.xds.resources import NodeSpec
+from switchback.xds.resources import NodeSpec, _route_to, route_config
 from switchback.xds.sidecar import EnvoyProcess, bootstrap_config
 
 
@@ -125,7 +126,7 @@ SidecarFactory = Callable[..., Any]
 
 @pytest.fixture
 async def sidecars(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
-    """start(cp_port, node_id, app, role=..., version=..., wait=True) -> Sidecar."""
+    """start(cp_port, node_id, app, role=..., version=..., xds_api="sotw", wait=True) -> Sidecar."""
     started: list[EnvoyProcess] = []
 
     async def start(
@@ -135,6 +136,7 @@ async def sidecars(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
         role: str = "apigw",
         version: str = "current",
         outbound: dict[str, int] | None = None,
+        xds_api: str = "sotw",
         wait: bool = True,
     ) -> Sidecar:
         listen = free_port()
@@ -147,7 +149,7 @@ async def sidecars(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
         )
         envoy = EnvoyProcess(
             node_id,
-            bootstrap_config(node_id, "127.0.0.1", xds_port, spec),
+            bootstrap_config(node_id, "127.0.0.1", xds_port, spec, xds_api=xds_api),
             workdir=tmp_path / node_id,
         )
         envoy.workdir.mkdir(parents=True, exist_ok=True)
@@ -177,3 +179,14 @@ def envoy_stat(sc: Sidecar, name: str) -> int:
         if s.get("name") == name:
             return int(s.get("value") or 0)
     raise KeyError(f"{sc.node_id}: no Envoy stat {name}")
+
+
+def push_bad_route(cp: ControlPlane, node_id: str) -> Snapshot:
+    """Bypass the typed API (which refuses what Envoy would refuse) and push a config Envoy
+    NACKs: the `inbound` route to a cluster that does not exist."""
+    snap = cp.cache.snapshot(node_id)
+    assert snap is not None
+    bad_routes = {"inbound": route_config("inbound", [_route_to("no-such-cluster")])}
+    bad = Snapshot(cp.state.next_version(), {**snap.resources, ROUTE: bad_routes})
+    cp.cache.set_snapshot(node_id, bad)
+    return bad

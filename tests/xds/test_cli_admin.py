@@ -34,6 +34,7 @@ runner = CliRunner()
         ["--app-port", "8080", "--listen-port", "15000", "--outbound", "scenario=15001"],
         ["--kind", "service-proxy", "--service", "apigw", "--listen-port", "16000"],
         ["--kind", "ingress", "--route", "8000=apigw", "--route", "8001=apigw-standby"],
+        ["--app-port", "8080", "--listen-port", "15000", "--xds-api", "delta"],
     ],
 )
 def test_bootstrap_cli_is_valid_envoy_config(tmp_path: Path, extra: list[str]) -> None:
@@ -43,6 +44,8 @@ def test_bootstrap_cli_is_valid_envoy_config(tmp_path: Path, extra: list[str]) -
     cfg = yaml.safe_load(res.output)
     assert cfg["node"]["id"] == "n1"
     assert cfg["node"]["metadata"]["role"] == "apigw"
+    api_type = "DELTA_GRPC" if "delta" in extra else "GRPC"  # default: state of the world
+    assert cfg["dynamic_resources"]["ads_config"]["api_type"] == api_type
     path = tmp_path / "b.yaml"
     path.write_text(res.output)
     proc = subprocess.run(
@@ -61,6 +64,12 @@ def test_bootstrap_cli_is_valid_envoy_config(tmp_path: Path, extra: list[str]) -
         timeout=60,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_bootstrap_cli_rejects_unknown_xds_api() -> None:
+    args = ["bootstrap", "--node-id", "n1", "--xds-api", "incremental"]
+    res = runner.invoke(sidecar_cli.app, args)
+    assert res.exit_code != 0 and "--xds-api" in res.output
 
 
 def test_find_envoy_prefers_real_binary() -> None:

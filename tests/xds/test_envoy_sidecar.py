@@ -7,11 +7,10 @@ import time
 
 import httpx
 
-from switchback.xds.cache import ROUTE, Snapshot
 from switchback.xds.control import ControlPlane
-from switchback.xds.resources import REDIRECT_HEADER, _route_to, route_config
+from switchback.xds.resources import REDIRECT_HEADER
 
-from .conftest import SidecarFactory, envoy_stat, wait_until
+from .conftest import SidecarFactory, envoy_stat, push_bad_route, wait_until
 
 OLD = {"role": "apigw", "version": "current"}
 
@@ -40,10 +39,12 @@ async def test_sidecar_connects_and_serves_local_app(
     assert node["acked_version"] == node["version"]
 
 
-async def _redirect_setup(cp: ControlPlane, sidecars: SidecarFactory, app_factory):
+async def _redirect_setup(
+    cp: ControlPlane, sidecars: SidecarFactory, app_factory, xds_api: str = "sotw"
+):
     old_app, new_app = app_factory("old"), app_factory("new")
-    old = await sidecars(cp.port, "old-1", old_app)
-    new = await sidecars(cp.port, "new-1", new_app, version="new")
+    old = await sidecars(cp.port, "old-1", old_app, xds_api=xds_api)
+    new = await sidecars(cp.port, "new-1", new_app, version="new", xds_api=xds_api)
     await cp.set_endpoints("apigw-new", [("127.0.0.1", new.listen_port)])
     return old, new
 
@@ -147,11 +148,7 @@ async def test_invalid_update_is_nacked_and_last_good_config_kept(
         pass
 
     # ...so push a bad resource underneath it: a route to a cluster that does not exist.
-    snap = cp.cache.snapshot("old-1")
-    assert snap is not None
-    bad_routes = {"inbound": route_config("inbound", [_route_to("no-such-cluster")])}
-    bad = Snapshot(cp.state.next_version(), {**snap.resources, ROUTE: bad_routes})
-    cp.cache.set_snapshot("old-1", bad)
+    bad = push_bad_route(cp, "old-1")
 
     report = await cp.wait_acked({"id": "old-1"}, bad.version, timeout=5)
     assert not report.ok and list(report.nacked) == ["old-1"], report

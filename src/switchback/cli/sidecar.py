@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 
 from switchback.xds.resources import KINDS
-from switchback.xds.sidecar import bootstrap_yaml, envoy_args, spec_from_options
+from switchback.xds.sidecar import XDS_APIS, bootstrap_yaml, envoy_args, spec_from_options
 
 app = typer.Typer(help="Envoy sidecars driven by our xDS control plane.", no_args_is_help=True)
 err = Console(stderr=True, highlight=False)
@@ -29,6 +29,9 @@ OutboundOpt = typer.Option(
 ServiceOpt = typer.Option("", "--service", help="Service of a service-proxy node")
 RouteOpt = typer.Option(None, "--route", help="PORT=SERVICE for an ingress node")
 ListenHostOpt = typer.Option("127.0.0.1", "--listen-host", help="Inbound listener address")
+XdsApiOpt = typer.Option(
+    "sotw", "--xds-api", help=f"ADS protocol: {' or '.join(XDS_APIS)} (state of the world / delta)"
+)
 
 
 def _pairs(items: list[str] | None, what: str) -> dict[str, str]:
@@ -55,6 +58,7 @@ def _bootstrap(
     service: str,
     route: list[str] | None,
     listen_host: str,
+    xds_api: str,
 ) -> str:
     host, _, port = xds.rpartition(":")
     if not host or not port.isdigit():
@@ -69,7 +73,12 @@ def _bootstrap(
         service=service,
         routes={int(k): v for k, v in _pairs(route, "--route").items()},
     )
-    return bootstrap_yaml(node_id, host.strip("[]"), int(port), spec, admin_port=admin_port)
+    try:
+        return bootstrap_yaml(
+            node_id, host.strip("[]"), int(port), spec, admin_port=admin_port, xds_api=xds_api
+        )
+    except ValueError as e:  # the one check of the protocol name is in bootstrap_config
+        raise typer.BadParameter(f"--xds-api: {e}") from e
 
 
 @app.command()
@@ -87,6 +96,7 @@ def bootstrap(
     service: str = ServiceOpt,
     route: list[str] = RouteOpt,
     listen_host: str = ListenHostOpt,
+    xds_api: str = XdsApiOpt,
 ) -> None:
     """Print the Envoy bootstrap (YAML) for a node."""
     print(_bootstrap(**locals()), end="")
@@ -107,6 +117,7 @@ def run(
     service: str = ServiceOpt,
     route: list[str] = RouteOpt,
     listen_host: str = ListenHostOpt,
+    xds_api: str = XdsApiOpt,
 ) -> None:
     """Start Envoy with that bootstrap (this process becomes Envoy)."""
     text = _bootstrap(**locals())

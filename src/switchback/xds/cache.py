@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ PUSH_ORDER: tuple[str, ...] = (CLUSTER, ENDPOINT, LISTENER, ROUTE)
 # "Wildcard" types: each response carries the full set; a missing name means "delete".
 WILDCARD_TYPES = frozenset({CLUSTER, LISTENER})
 SHORT_NAMES = {CLUSTER: "cds", ENDPOINT: "eds", LISTENER: "lds", ROUTE: "rds"}
+LOG_SIZE = 64  # stream events kept per node
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,19 @@ class Nack:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class StreamEvent:
+    """One step of a node's ADS stream, as the server saw it (`NodeStatus.log`)."""
+
+    kind: str  # send | ack | nack
+    type: str
+    version: int
+    names: tuple[str, ...] = ()  # resources a response carried
+    removed: tuple[str, ...] = ()  # names a delta response removed
+    error: str = ""
+    at: float = 0.0  # time.monotonic()
+
+
 @dataclass(slots=True)
 class TypeStatus:
     sent_version: int | None = None
@@ -114,6 +129,9 @@ class NodeStatus:
     last_nack: Nack | None = None
     nacks: int = 0
     error: str | None = None  # e.g. unusable bootstrap metadata
+    api: str = ""  # protocol of the last stream: sotw | delta
+    # The last responses sent and ACKs/NACKs received, oldest first (kept across streams).
+    log: deque[StreamEvent] = field(default_factory=lambda: deque(maxlen=LOG_SIZE))
 
     @property
     def connected(self) -> bool:
@@ -122,6 +140,21 @@ class NodeStatus:
     def labels(self) -> dict[str, Any]:
         """What selectors match on: metadata plus `id` and `cluster`."""
         return {**self.metadata, "id": self.id, "cluster": self.cluster}
+
+    def record(
+        self,
+        kind: str,
+        type_url: str,
+        version: int,
+        names: Iterable[str] = (),
+        removed: Iterable[str] = (),
+        error: str = "",
+    ) -> None:
+        self.log.append(
+            StreamEvent(
+                kind, type_url, version, tuple(names), tuple(removed), error, time.monotonic()
+            )
+        )
 
     def type_status(self, type_url: str) -> TypeStatus:
         ts = self.types.get(type_url)
@@ -204,7 +237,7 @@ class SnapshotCache:
 
     # --- nodes -----------------------------------------------------------------------
     def node_connected(
-        self, node_id: str, cluster: str, metadata: dict[str, Any], peer: str
+        self, node_id: str, cluster: str, metadata: dict[str, Any], peer: str, api: str = "sotw"
     ) -> NodeStatus:
         st = self._status.get(node_id)
         if st is None:
@@ -212,7 +245,7 @@ class SnapshotCache:
         metadata = _intify(metadata)
         # Same id, new identity (e.g. a restarted instance on another port): rebuild.
         changed = (st.cluster, st.metadata) != (cluster, metadata)
-        st.cluster, st.metadata, st.peer = cluster, metadata, peer
+        st.cluster, st.metadata, st.peer, st.api = cluster, metadata, peer, api
         st.streams += 1
         st.connected_at = time.time()
         # A fresh stream starts with nothing sent: per-type state restarts, and the node only

@@ -56,6 +56,7 @@ def node_view(st: NodeStatus, snapshot_version: int | None) -> dict[str, Any]:
         "cluster": st.cluster,
         "metadata": st.metadata,
         "connected": st.connected,
+        "api": st.api,
         "peer": st.peer,
         "connected_at": st.connected_at,
         "disconnected_at": st.disconnected_at,

@@ -25,6 +25,9 @@ import yaml
 
 from switchback.xds.resources import NodeSpec
 
+# `--xds-api`: the ADS protocol a node speaks -> Envoy's ApiConfigSource.api_type.
+XDS_APIS = {"sotw": "GRPC", "delta": "DELTA_GRPC"}
+
 
 def bootstrap_config(
     node_id: str,
@@ -33,8 +36,15 @@ def bootstrap_config(
     spec: NodeSpec,
     admin_port: int = 0,
     cluster: str | None = None,
+    xds_api: str = "sotw",
 ) -> dict[str, Any]:
-    """The Envoy bootstrap as a dict (dump it as YAML or JSON)."""
+    """The Envoy bootstrap as a dict (dump it as YAML or JSON).
+
+    `xds_api` is `sotw` (state of the world) or `delta` (incremental xDS). Every config source
+    (CDS and LDS here, EDS and RDS in the resources we send) is `ads`, so the protocol of the
+    ADS stream is the protocol of all of them."""
+    if xds_api not in XDS_APIS:
+        raise ValueError(f"unknown xDS API {xds_api!r} (expected one of {', '.join(XDS_APIS)})")
 
     def ads_source() -> dict[str, Any]:  # fresh dicts: no YAML anchors in the output
         return {"ads": {}, "resource_api_version": "V3"}
@@ -57,7 +67,7 @@ def bootstrap_config(
         },
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": XDS_APIS[xds_api],
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": True,
                 "grpc_services": [

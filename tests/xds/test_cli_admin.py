@@ -144,6 +144,7 @@ async def test_xds_status_cli(cp: ControlPlane, served_admin: str) -> None:
         res = await asyncio.to_thread(invoke, "status")
         assert res.exit_code == 0, res.output
         assert "node-a" in res.output and "up" in res.output
+        assert "sotw" in res.output  # the protocol the node speaks (the simulated client: SotW)
         res = await asyncio.to_thread(invoke, "status", "--json")
         assert '"node-a"' in res.output
         res = await asyncio.to_thread(invoke, "redirect", "role=apigw", "apigw-new")

@@ -83,6 +83,7 @@ def status(admin: str = AdminOpt, selector: str = SelectorOpt, as_json: bool = J
         "node",
         "kind/role/version",
         "conn",
+        "api",
         "version",
         "acked",
         "sent/acked per type",
@@ -103,6 +104,7 @@ def status(admin: str = AdminOpt, selector: str = SelectorOpt, as_json: bool = J
             "[green]up[/green]"
             if n["connected"]
             else f"[red]down[/red] {_ago(n['disconnected_at'])}",
+            str(n.get("api") or "-"),
             str(n["version"]),
             ("[green]" if n["in_sync"] else "[yellow]") + str(n["acked_version"]) + "[/]",
             types,

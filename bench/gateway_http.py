@@ -1,12 +1,14 @@
 """HTTP benchmark: a synchronous scenario (request validation + one no-op block, durable on
-SQLite) served by `switchback serve`, against the ceiling: a bare Starlette endpoint on the same
-uvicorn settings that only validates the same JSON.
+SQLite, or on PostgreSQL with --pg) served by `switchback serve`, against the ceiling: a bare
+Starlette endpoint on the same uvicorn settings that only validates the same JSON.
 
-    .venv/bin/python bench/gateway_http.py [--seconds 10] [--connections 32]
+    .venv/bin/python bench/gateway_http.py [--seconds 10] [--connections 32] [--rounds 3]
+        [--pg postgresql://127.0.0.1:5432/test]
 
 Keep-alive clients: `wrk` (Debian package `wrk`) when installed, else a small raw HTTP/1.1
-client on asyncio in its own process (`--client python`); the same client for both servers. Prints req/s and p50/p99 latency for each, and the
-ratio. Not a timed test: figures depend on the machine.
+client on asyncio in its own process (`--client python`); the same client for both servers.
+Prints req/s and p50/p99 latency for each, and the ratio. Not a timed test: figures depend on
+the machine.
 """
 
 from __future__ import annotations
@@ -24,11 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-
-# This file is named http.py: keep its folder off the import path, or it shadows the stdlib's
-# `http` package for what is imported later (httpx, uvicorn: both imported inside functions).
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
 VENV_BIN = Path(sys.executable).parent
 SCHEMA: dict[str, Any] = {
@@ -254,6 +251,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--access-log", action="store_true", help="keep the gateway's access log on")
     ap.add_argument("--client", choices=["auto", "wrk", "python"], default="auto")
+    ap.add_argument(
+        "--pg",
+        metavar="URL",
+        help="serve the scenario on this PostgreSQL (a schema of its own, dropped at the end) "
+        "instead of the embedded SQLite, e.g. postgresql://127.0.0.1:5432/test",
+    )
     args = ap.parse_args()
     import shutil
 
@@ -262,7 +265,8 @@ def main() -> None:
         client = "wrk" if shutil.which("wrk") else "python"
     run = measure_wrk if client == "wrk" else measure
 
-    ceiling_name, gw_name = "ceiling (validate only)", "switchback scenario (1 no-op)"
+    ceiling_name = "ceiling (validate only)"
+    gw_name = f"switchback scenario (1 no-op, {'PostgreSQL' if args.pg else 'SQLite'})"
     rounds: dict[str, list[dict[str, float]]] = {ceiling_name: [], gw_name: []}
     with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp:
         root = Path(tmp)
@@ -273,8 +277,11 @@ def main() -> None:
 
         c_port, g_port = free_port(), free_port()
         ceiling = mp.Process(target=run_ceiling, args=(c_port,), daemon=True)
-        cmd = [str(VENV_BIN / "switchback"), "serve", str(app), "--port", str(g_port),
-               "--data", str(root / "data")]  # fmt: skip
+        schema = f"bench_gw_{os.getpid()}"
+        store = (
+            ["--db", f"{args.pg}?schema={schema}"] if args.pg else ["--data", str(root / "data")]
+        )
+        cmd = [str(VENV_BIN / "switchback"), "serve", str(app), "--port", str(g_port), *store]
         if not args.access_log:
             cmd.append("--no-access-log")
         log = (root / "serve.log").open("wb")
@@ -300,6 +307,11 @@ def main() -> None:
             if ceiling.pid:
                 os.kill(ceiling.pid, signal.SIGTERM)
             ceiling.join(10)
+            if args.pg:
+                import psycopg
+
+                with psycopg.connect(args.pg, autocommit=True) as conn:
+                    conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
     print(
         f"\n{args.connections} keep-alive connections, {args.seconds:g} s per measurement "

@@ -238,7 +238,7 @@ def wait_ready(port: int, path: str, proc: subprocess.Popen[bytes] | mp.Process)
 
 def show(name: str, r: dict[str, float]) -> None:
     print(
-        f"{name:<34} {r['rps']:>9.0f} req/s   p50 {r['p50_ms']:>7.2f} ms   "
+        f"{name:<44} {r['rps']:>9.0f} req/s   p50 {r['p50_ms']:>7.2f} ms   "
         f"p99 {r['p99_ms']:>7.2f} ms   ({r['requests']} requests, {r['non_200']} non-200)"
     )
 

@@ -169,6 +169,26 @@ def test_wait_block_resumes_on_signal(server: Server) -> None:
     assert tx["blocks"][1]["output"]["actor"] == "alice"
 
 
+def test_pause_over_http(server: Server) -> None:
+    r = server.client.post("/approvals", json={"change": "CHG-2"})
+    assert r.status_code == 202 and r.json()["status"] == "waiting", r.text
+    loc = r.headers["location"]
+    assert server.client.post(f"{loc}/pause", json={}).status_code == 401  # admin API
+    bad = server.admin("POST", f"{loc}/pause", json={"reason": 3})
+    assert bad.status_code == 422 and bad.json()["detail"]["violations"][0]["path"] == "/reason"
+    paused = server.admin("POST", f"{loc}/pause", json={"reason": "freeze window"})
+    assert paused.status_code == 200, paused.text
+    tx = paused.json()
+    assert (tx["status"], tx["reason"]) == ("suspended", "paused")
+    assert [b["status"] for b in tx["blocks"]] == ["done", "pending", "pending"]
+    assert tx["audit"][-1]["action"] == "pause" and tx["audit"][-1]["actor"] == "alice"
+    again = server.admin("POST", f"{loc}/pause", json={})
+    assert again.status_code == 409 and "running or waiting" in again.json()["error"]
+    assert server.admin("POST", "/transactions/0123abcd/pause", json={}).status_code == 404
+    resumed = server.admin("POST", f"{loc}/rollforward", json={})
+    assert resumed.status_code in (200, 202) and resumed.json()["status"] == "waiting"
+
+
 def test_list_filters_and_pages(server: Server) -> None:
     for _ in range(3):
         server.client.post("/jobs", json={"n": 2})
@@ -249,6 +269,10 @@ def test_cli_tx_commands_through_the_server(
     refused = cli("rollforward", xid)
     assert refused.returncode == 1
     assert "rollforward applies to" in refused.stderr.replace("\n", " ")
+    waiting = server.client.post("/approvals", json={"change": "CHG-3"}).json()["xid"]
+    paused = cli("pause", waiting, "--reason", "freeze", "--json")
+    assert paused.returncode == 2, paused.stderr  # parked: exit 2, like any parked transaction
+    assert json.loads(paused.stdout)["reason"] == "paused"
     no_token = subprocess.run(
         [str(SWITCHBACK), "tx", "show", xid, "--server", server.url],
         capture_output=True,

@@ -113,6 +113,10 @@ def test_good_app_has_no_problems(tmp_path: Path) -> None:
             "s.yaml:3: lock key 'dev:{device}' uses {device}, which is not a property of the request schema",
         ),
         ("", "s.yaml: empty file"),
+        (
+            "name: s\nblocks:\n  - name: a\n    wait: __pause__\n",
+            "s.yaml:4: block 'a': signal names starting with '__' are reserved",
+        ),
     ],
 )
 def test_each_broken_definition_has_its_own_message(

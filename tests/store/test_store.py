@@ -174,6 +174,8 @@ async def test_list_newest_first_with_cursor_orphans_signals_meta(
         page, cursor = await store.list(limit=2, cursor=cursor)
         assert [t.xid for t in page] == ["x0"] and cursor is None
         assert [t.xid for t in (await store.list(status="running"))[0]] == ["x3", "x1"]
+        # A cursor past the 64-bit range (the CLI passes what it is given) means "from the top".
+        assert len((await store.list(cursor=str(2**70)))[0]) == 5
         assert await store.orphans(now, ["running"]) == ["x1", "x3"]
         sig = SignalRecord(xid="x0", name="go", payload={"p": 1}, at=now, actor="me")
         sid = await store.add_signal(sig, AuditRecord("x0", now, "me", "signal"))

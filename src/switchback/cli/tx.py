@@ -227,6 +227,25 @@ def rollback(
 
 
 @app.command()
+def pause(
+    xid: str,
+    reason: str | None = typer.Option(None, "--reason", "-r"),
+    data: Path | None = DataOpt,
+    db: str | None = DbOpt,
+    app_dir: Path | None = AppOpt,
+    as_json: bool = JsonOpt,
+    server: str | None = ServerOpt,
+) -> None:
+    """Park a running transaction at its next block boundary (the running block finishes, the
+    next does not start), a waiting one at once; `rollforward` goes on, `rollback` undoes."""
+    _decide(
+        lambda e: e.pause(xid, actor=actor(), reason=reason),
+        remote=(server, f"/transactions/{xid}/pause", _present({"reason": reason})),
+        data=data, db=db, app_dir=app_dir, as_json=as_json,
+    )  # fmt: skip
+
+
+@app.command()
 def compensated(
     xid: str,
     reason: str = typer.Option(..., "--reason", "-r", help="What was done by hand (required)"),

@@ -62,6 +62,9 @@ from switchback.store.records import (
 log = logging.getLogger("switchback.engine")
 
 SYSTEM_ACTOR = "switchback"
+# A pause request is kept as a signal of this reserved name: durable, audited, and visible to
+# whichever worker drives the transaction.
+PAUSE_SIGNAL = "__pause__"
 # xids: 32 hex digits, like UUIDv7: 48 bits of milliseconds since the epoch, then 80 random
 # bits from a generator seeded once by the OS (os.urandom per xid is a system call: ~10 µs on the
 # hot path). Time first, so new rows land at the end of every index keyed by xid: a batch of
@@ -146,6 +149,9 @@ class Engine:
         self._tasks: dict[str, asyncio.Task[TxRecord | None]] = {}
         self._active = 0  # drive tasks not finished
         self._heartbeat: asyncio.Task[None] | None = None
+        # Pause requests for transactions driven here: xid -> id of the pause signal to consume.
+        self._pauses: dict[str, int] = {}
+        self._background: set[asyncio.Future[TxRecord]] = set()  # referenced until done
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -182,8 +188,17 @@ class Engine:
             if any(not t.done() for t in self._tasks.values()):
                 try:
                     await self.store.heartbeat(self.owner, self.lease_seconds, self.clock())
+                    await self._collect_pauses()
                 except Exception:  # a missed heartbeat is survivable; log and try again
                     log.exception("heartbeat failed")
+
+    async def _collect_pauses(self, xids: list[str] | None = None) -> None:
+        """Pause requests made through another process for transactions driven here."""
+        for xid in xids if xids is not None else list(self._tasks):
+            if xid not in self._pauses and self.is_running_here(xid):
+                sig = await self.store.pending_signal(xid, PAUSE_SIGNAL)
+                if sig is not None and sig.id is not None:
+                    self._pauses[xid] = sig.id
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -497,6 +512,56 @@ class Engine:
                 await self._release(tx)
         return await self.get(xid)
 
+    async def pause(
+        self, xid: str, *, actor: str, reason: str | None = None, wait: bool = True
+    ) -> TxRecord:
+        """Park a running transaction at its next block boundary — the block that is running
+        finishes, the next one does not start — as ``suspended`` with reason ``paused``; a
+        waiting one at once. Roll it forward to go on, or back. Driven by another worker, it
+        pauses when that worker's heartbeat sees the request (within a third of the lease)."""
+        tx = await self.get(xid)
+        if tx.status not in (RUNNING, WAITING):
+            raise DecisionRefused(
+                xid,
+                f"pause applies to a running or waiting transaction; {xid} is {tx.status}",
+                tx.status,
+            )
+        now = self.clock()
+        sid = await self.store.add_signal(
+            SignalRecord(xid=xid, name=PAUSE_SIGNAL, payload=None, at=now, actor=actor),
+            AuditRecord(xid=xid, at=now, actor=actor, action="pause", reason=reason),
+        )
+        if self.is_running_here(xid):
+            # The driver parks it at the next boundary (or, if it stops at a wait block first,
+            # _one_less hands the request on to _pause_waiting).
+            self._pauses[xid] = sid
+            return await self.wait(xid) if wait else tx
+        return await self._pause_waiting(xid, sid)
+
+    async def _pause_waiting(self, xid: str, sid: int) -> TxRecord:
+        """A pause request for a transaction not driven here: park it if it waits."""
+        try:
+            tx = await self._claim(xid)
+        except Busy:
+            return await self.get(xid)  # its driver, elsewhere, will see the request
+        if tx.status != WAITING:
+            # Running with its owner gone: the recovery sweep takes it over (in-doubt rules
+            # first) and pauses it at the next boundary. Anything else: it stopped meanwhile.
+            await self._release(tx)
+            return tx
+        b = tx.blocks[tx.cursor]
+        b.status, b.started_at, b.note = PENDING, None, "wait paused"
+        tx.status, tx.reason, tx.error = SUSPENDED, "paused", None
+        await self._write(tx, [b], release=True, consume_signal=sid)
+        return tx
+
+    def _spent_pause(self, tx: TxRecord, consume: int | None) -> int | None:
+        """The signal this write consumes: the step's own, else a pending pause request, which
+        is spent when the transaction stops moving for whatever reason."""
+        if consume is not None:
+            return consume
+        return self._pauses.pop(tx.xid, None)
+
     async def plan(self, xid: str) -> dict[str, Any]:
         """A dry run: which DOs a rollforward and which UNDOs a rollback would run, in order, with
         their inputs. Changes nothing."""
@@ -559,6 +624,7 @@ class Engine:
             log.info("taking over transaction", extra={"xid": xid})
             await self._resolve_in_doubt(tx)
             self._spawn(tx)
+            await self._collect_pauses([xid])  # paused while its owner was gone
         # Waits: one query for all of them; a transaction is loaded only once it is due.
         for w in await self.store.waiting(now):
             xid = w.xid
@@ -729,6 +795,14 @@ class Engine:
 
     def _one_less(self, xid: str, task: asyncio.Task[TxRecord | None]) -> None:
         self._active -= 1
+        sid = self._pauses.pop(xid, None)
+        if sid is not None and not task.cancelled() and task.exception() is None:
+            settled = task.result()
+            if settled is not None and settled.status == WAITING:
+                # The request came in as the driver stopped at a wait block: park it now.
+                pausing = asyncio.ensure_future(self._pause_waiting(xid, sid))
+                self._background.add(pausing)
+                pausing.add_done_callback(self._background.discard)
         # Forget the finished driver (whoever waits on it holds it already).
         if self._tasks.get(xid) is task:
             del self._tasks[xid]
@@ -872,6 +946,12 @@ class Engine:
                     None,
                     error_info(TimeoutError(f"no signal {bdef.wait!r} within {bdef.timeout:g} s")),
                 )
+            elif tx.xid in self._pauses:
+                # Paused before the wait began: park, the wait block not started.
+                rec.status, rec.started_at = PENDING, None
+                tx.status, tx.reason, tx.error = SUSPENDED, "paused", None
+                await self._write(tx, [rec], release=True, consume_signal=self._pauses.pop(tx.xid))
+                return
             else:
                 tx.status = WAITING
                 await self._write(tx, release=True)
@@ -887,7 +967,9 @@ class Engine:
                 tx.status = COMPLETED
                 name = sc.result_block
                 tx.result = next((b.output for b in tx.blocks if b.name == name), None)
-                await self._write(tx, changed, release=True, consume_signal=consume)
+                await self._write(
+                    tx, changed, release=True, consume_signal=self._spent_pause(tx, consume)
+                )
                 return
             tx.cursor = nxt
             if tx.deadline is not None and now >= tx.deadline:
@@ -905,7 +987,16 @@ class Engine:
                     )
                     await self._write(tx, changed, audit, consume_signal=consume)
                 else:
-                    await self._write(tx, changed, release=True, consume_signal=consume)
+                    await self._write(
+                        tx, changed, release=True, consume_signal=self._spent_pause(tx, consume)
+                    )
+                return
+            if consume is None and tx.xid in self._pauses:
+                # Paused: the block that ran is done and recorded; the next one does not start.
+                tx.status, tx.reason, tx.error = SUSPENDED, "paused", None
+                await self._write(
+                    tx, changed, release=True, consume_signal=self._pauses.pop(tx.xid)
+                )
                 return
             nb = tx.blocks[nxt]
             nb.status, nb.started_at, nb.ended_at, nb.error = B_RUNNING, now, None, None
@@ -924,7 +1015,7 @@ class Engine:
             await self._write(tx, [rec], audit)
         else:
             tx.status = SUSPENDED
-            await self._write(tx, [rec], release=True)
+            await self._write(tx, [rec], release=True, consume_signal=self._spent_pause(tx, None))
 
     @staticmethod
     def _undo_order(tx: TxRecord, sc: Scenario) -> list[int]:

@@ -95,6 +95,11 @@ _DECISION = {
         "additionalProperties": False,
         "properties": {"reason": {"type": "string"}},
     },
+    "pause": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"reason": {"type": "string"}},
+    },
     "compensated": {
         "type": "object",
         "additionalProperties": False,
@@ -405,6 +410,8 @@ class Gateway:
             tx = await engine.rollback(xid, actor=actor, reason=body.get("reason"), wait=False)
         elif action == "compensated":
             tx = await engine.mark_compensated(xid, actor=actor, reason=body["reason"], wait=False)
+        elif action == "pause":
+            tx = await engine.pause(xid, actor=actor, reason=body.get("reason"), wait=False)
         else:
             tx = await engine.signal(
                 xid,
@@ -432,7 +439,7 @@ class Gateway:
         if not 1 <= limit <= 1000:
             problems.append({"path": "/limit", "message": "an integer from 1 to 1000"})
         cursor = q.get("cursor")
-        if cursor is not None and not re.fullmatch(r"\d{1,19}", cursor):
+        if cursor is not None and not (re.fullmatch(r"\d{1,19}", cursor) and int(cursor) < 2**63):
             problems.append({"path": "/cursor", "message": "not a cursor this API returned"})
         if problems:
             raise HTTPError(422, "invalid query parameters", {"violations": problems})
@@ -508,7 +515,7 @@ def routes_for(gw: Gateway) -> list[Route]:
         by_path["/transactions"] = {"GET": a("list")}
         by_path["/transactions/{xid}"] = {"GET": a("get")}
         by_path["/transactions/{xid}/plan"] = {"GET": a("plan")}
-        for action in ("rollforward", "rollback", "compensated"):
+        for action in ("rollforward", "rollback", "compensated", "pause"):
             by_path[f"/transactions/{{xid}}/{action}"] = {"POST": a(action)}
         by_path["/transactions/{xid}/signals/{name}"] = {"POST": a("signal")}
     return [_route(path, handlers) for path, handlers in by_path.items()]

@@ -176,6 +176,11 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {"reason": {"type": "string"}},
     },
+    "PauseBody": {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {"reason": {"type": "string"}},
+    },
     "CompensatedBody": {
         "type": "object",
         "additionalProperties": False,
@@ -422,6 +427,13 @@ def build_openapi(app: App, config: GatewayConfig) -> dict[str, Any]:
     )
     paths["/transactions/{xid}/rollback"] = _decision(
         "rollback", "UNDO every block that ran, newest first", "RollbackBody", False
+    )
+    paths["/transactions/{xid}/pause"] = _decision(
+        "pause",
+        "park a running transaction at its next block boundary (a waiting one at once), "
+        "reason paused; rollforward goes on",
+        "PauseBody",
+        False,
     )
     paths["/transactions/{xid}/compensated"] = _decision(
         "compensated", "mark the failed UNDO as done by hand", "CompensatedBody", True

@@ -78,6 +78,10 @@ class ScenarioBuilder(Scenario):
         return decorate
 
     def wait(self, signal: str, *, name: str | None = None, timeout: float | None = None) -> Block:
+        if signal.startswith("__"):
+            raise ValueError(
+                f"signal {signal!r}: names starting with '__' are reserved (__pause__ is a pause)"
+            )
         b = Block(name=name or signal, wait=signal, timeout=timeout, idempotent=True)
         self.blocks.append(b)
         return b

@@ -238,6 +238,13 @@ class _AppLoader:
                     f"block {b['name']!r} needs exactly one of 'do' (a callable) or 'wait' (a signal name)",
                 )
                 continue
+            if "wait" in b and str(b["wait"]).startswith("__"):
+                self.problem(
+                    rel,
+                    _line(lines, ("blocks", i, "wait")),
+                    f"block {b['name']!r}: signal names starting with '__' are reserved "
+                    "(a pause request is the signal __pause__)",
+                )
             if "wait" in b and "undo" in b:
                 self.problem(
                     rel,

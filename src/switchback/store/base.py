@@ -222,7 +222,8 @@ def list_query(
     for clause, value in (
         ("status=", status),
         ("scenario=", scenario),
-        ("seq<", int(cursor) if cursor else None),
+        # seq is a 64-bit integer in both databases: a larger cursor means "from the newest".
+        ("seq<", min(int(cursor), 2**63 - 1) if cursor else None),
     ):
         if value is not None and value != "":
             where.append(clause + mark)

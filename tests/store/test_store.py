@@ -103,7 +103,7 @@ async def test_sqlite_schema_is_versioned_and_refuses_a_newer_one(tmp_path: Path
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION + 1}")
     db.close()
-    with pytest.raises(RuntimeError, match="upgrade switchback"):
+    with pytest.raises(StoreError, match="upgrade switchback"):
         await open_store(tmp_path).open()
 
 
@@ -419,6 +419,28 @@ async def test_sqlite_write_lock_held_elsewhere_does_not_block_the_loop(tmp_path
         assert not pending.done()
         other.execute("COMMIT")
         await asyncio.wait_for(pending, 5)
+        assert (await store.load("x1")) is not None
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_sqlite_write_lock_held_too_long_fails_the_write_clearly(tmp_path: Path) -> None:
+    import asyncio
+
+    from switchback.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(tmp_path / "switchback.db")
+    store.BUSY_LIMIT = 0.05
+    await store.open()
+    other = sqlite3.connect(tmp_path / "switchback.db", isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        tx = new_tx()
+        with pytest.raises(StoreError, match="stayed locked by another process"):
+            await asyncio.wait_for(store.create(tx, tx.blocks), 5)
+        other.execute("ROLLBACK")
+        await store.create(tx, tx.blocks)  # the lock gone, writes go through again
         assert (await store.load("x1")) is not None
     finally:
         other.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
@@ -13,7 +12,7 @@ import httpx
 import typer
 from rich.table import Table
 
-from switchback.cli.common import err, fail, out, print_tx, styled
+from switchback.cli.common import actor, err, fail, out, print_tx, styled
 from switchback.release.controller import Controller, read_info
 from switchback.runtime import processes
 
@@ -188,11 +187,11 @@ def start(
     ),
     data: Path = DataOpt,
 ) -> None:
-    """Release a new version: deploy beside current, standby → new, smoke, [approval], redirect
+    """Release a new version: deploy beside current, standby → new, smoke, (approval), redirect
     old sidecars, switch selectors, drain, retire old. A failure parks the release."""
     body = {"environment": env, "version": version, "app_dir": str(app_dir.resolve()), "smoke": smoke,
             "approval": approval_at or approval, "drain_timeout": drain_timeout, "wait": wait,
-            "actor": os.environ.get("SWITCHBACK_ACTOR") or os.environ.get("USER") or "cli"}  # fmt: skip
+            "actor": actor()}  # fmt: skip
     r = call(data.resolve(), "POST", "/releases", body, timeout=None)
     _show_release(r)
     _exit_for(r)
@@ -202,7 +201,7 @@ def _decide(action: str, xid: str | None, env: str, reason: str | None, data: Pa
     target = xid or "latest"
     body = {
         "reason": reason,
-        "actor": os.environ.get("SWITCHBACK_ACTOR") or os.environ.get("USER") or "cli",
+        "actor": actor(),
     }
     r = call(
         data.resolve(), "POST", f"/releases/{target}/{action}?environment={env}", body, timeout=None

@@ -74,6 +74,17 @@ _XID_RANDOM = random.Random(os.urandom(32))
 os.register_at_fork(after_in_child=lambda: _XID_RANDOM.seed(os.urandom(32)))  # no shared sequence
 
 
+def _lease_from_env() -> float:
+    text = os.environ.get("SWITCHBACK_LEASE_SECONDS") or "15"
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ValueError(f"SWITCHBACK_LEASE_SECONDS must be a number of seconds > 0, not {text!r}")
+    return value
+
+
 class TransactionTimeout(Exception):
     pass
 
@@ -140,11 +151,7 @@ class Engine:
         self.store = store
         self.owner = owner or new_owner_id()
         # Default 15 s; SWITCHBACK_LEASE_SECONDS shortens it (tests of lease expiry, fast failover).
-        self.lease_seconds = (
-            lease_seconds
-            if lease_seconds is not None
-            else float(os.environ.get("SWITCHBACK_LEASE_SECONDS") or 15.0)
-        )
+        self.lease_seconds = lease_seconds if lease_seconds is not None else _lease_from_env()
         self.clock = clock
         self._tasks: dict[str, asyncio.Task[TxRecord | None]] = {}
         self._active = 0  # drive tasks not finished

@@ -352,7 +352,11 @@ class Gateway:
             violations = sc.validate_request(body)
             if violations:
                 raise invalid(violations)
-            return await self.forwarder.forward(request, dumps(body))
+            # The scenario role answers a synchronous call within the transaction's timeout
+            # (plus a margin): wait that long, not just the default, for a long scenario.
+            limit = sc.transaction.timeout
+            wait = (limit if limit else self.config.default_wait) + 30
+            return await self.forwarder.forward(request, dumps(body), timeout=wait)
         assert self.engine is not None
         # The engine validates before it creates anything (RequestInvalid → the same 422), so
         # the schema is checked once per call.

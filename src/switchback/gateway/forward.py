@@ -27,14 +27,21 @@ class Forwarder:
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def forward(self, request: Request, body: bytes | None) -> Response:
+    async def forward(
+        self, request: Request, body: bytes | None, timeout: float | None = None
+    ) -> Response:
+        """Relay the call; ``timeout`` (seconds) overrides the default wait for its answer."""
         headers = {k: v for k in FORWARD_REQUEST if (v := request.headers.get(k)) is not None}
         if request.client:
             headers["x-forwarded-for"] = request.client.host
         path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         try:
             upstream = await self.client.request(
-                request.method, path, content=body, headers=headers
+                request.method,
+                path,
+                content=body,
+                headers=headers,
+                **({"timeout": httpx.Timeout(timeout, connect=5.0)} if timeout else {}),
             )
         except httpx.TimeoutException:
             raise HTTPError(504, "the scenario role did not answer in time") from None

@@ -1,7 +1,8 @@
 """The embedded default store: one SQLite file in WAL mode.
 
-All access goes through one dedicated thread that owns the connection. SQLite allows one writer
-at a time anyway, and this keeps the event loop free while a commit waits for fsync.
+Statements run on the event loop's thread, the writes of one turn of the loop committed
+together; a sync thread fsyncs the WAL before any writer continues, and a checkpoint thread
+copies the WAL into the database file (see SQLiteStore).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from switchback.store.base import (
     FencedOut,
     LockHeld,
     Store,
+    StoreError,
     list_query,
     owner_gone,
     owner_is_dead,
@@ -225,6 +227,7 @@ class SQLiteStore(Store):
 
     MAX_BATCH = 256
     BUSY_RETRY = 0.002  # another process holds the write lock: try the batch again this soon
+    BUSY_LIMIT = 30.0  # ... and give up on the batch after this long (as sqlite3's timeout=30)
     CHECKPOINT_EVERY = 0.05  # seconds between checkpoints while writes come in
     # A WAL this long (4 MB of 4 KB pages, SQLite's own checkpoint threshold) is rewound, holding
     # writers for a moment: a short WAL is overwritten in place, and an fsync that does not grow
@@ -243,6 +246,7 @@ class SQLiteStore(Store):
         self._wal_fd: int | None = None
         self._batch: list[_Op] = []
         self._flush_scheduled = False
+        self._busy_since: float | None = None  # loop time of the first refused BEGIN in a row
         # Durability bookkeeping (loop thread only): batches committed, batches fsynced, and
         # readers waiting until what they may read is durable.
         self._committed = 0
@@ -318,12 +322,24 @@ class SQLiteStore(Store):
                 _resolve_all([(op.future, None, exc) for op in batch])
                 return
             # Another process (a local `switchback tx` command) is writing: the loop does not
-            # wait for it; the batch goes first in the next try.
+            # wait for it; the batch goes first in the next try, for up to BUSY_LIMIT seconds.
+            now = self._loop.time()
+            if self._busy_since is None:
+                self._busy_since = now
+            elif now - self._busy_since > self.BUSY_LIMIT:
+                self._busy_since = None
+                locked = StoreError(
+                    f"{self.path} stayed locked by another process for {self.BUSY_LIMIT:g} s "
+                    "(a sqlite3 session or a local switchback command inside a write?)"
+                )
+                _resolve_all([(op.future, None, locked) for op in batch])
+                return
             self._batch[:0] = batch
             if not self._flush_scheduled:
                 self._flush_scheduled = True
                 self._loop.call_later(self.BUSY_RETRY, self._flush)
             return
+        self._busy_since = None
         done: list[Outcome] = []
         try:
             # Optimistic: writes are rarely refused (stale fence, held lock, duplicate key), so
@@ -457,7 +473,7 @@ class SQLiteStore(Store):
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
-                raise RuntimeError(
+                raise StoreError(
                     f"{self.path} has schema version {version}; this switchback knows up to "
                     f"{SCHEMA_VERSION}: upgrade switchback"
                 )

@@ -158,6 +158,8 @@ class Engine:
         self._heartbeat: asyncio.Task[None] | None = None
         # Pause requests for transactions driven here: xid -> id of the pause signal to consume.
         self._pauses: dict[str, int] = {}
+        # Transactions whose driver failed and could not hand them back yet: xid -> fence.
+        self._to_release: dict[str, int] = {}
         self._background: set[asyncio.Future[TxRecord]] = set()  # referenced until done
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -192,6 +194,13 @@ class Engine:
     async def _heartbeat_loop(self) -> None:
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
+            for xid, fence in list(self._to_release.items()):
+                try:
+                    await self._give_up(xid, fence)
+                except Exception:  # the store still fails: next beat
+                    continue
+                del self._to_release[xid]
+                log.info("handed back after a driver failure", extra={"xid": xid})
             if any(not t.done() for t in self._tasks.values()):
                 try:
                     await self.store.heartbeat(self.owner, self.lease_seconds, self.clock())
@@ -836,12 +845,22 @@ class Engine:
             raise
         except Exception:
             # A bug or a store failure, not a block failure: leave the transaction as stored and
-            # give up ownership so a recovery sweep can pick it up under the in-doubt rules.
+            # give up ownership so a recovery sweep can pick it up under the in-doubt rules. If
+            # the store is still failing, the heartbeat loop tries again until it works.
             log.exception("driver failed", extra={"xid": tx.xid})
-            with contextlib.suppress(Exception):
-                await self._release(tx)
+            try:
+                await self._give_up(tx.xid, tx.fence)
+            except Exception:
+                self._to_release[tx.xid] = tx.fence
             self._notify(tx)
             return None
+
+    async def _give_up(self, xid: str, fence: int) -> None:
+        """Release a transaction this process can no longer drive, as it is stored: the driver's
+        record may be ahead of the store (the write that failed), and must not be written."""
+        stored = await self.store.load(xid)
+        if stored is not None and stored.owner == self.owner and stored.fence == fence:
+            await self._release(stored)
 
     async def _call(self, fn: Callable[..., Any], ctx: BlockContext, timeout: float | None) -> Any:
         if inspect.iscoroutinefunction(fn):

@@ -5,14 +5,42 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 
+_GIVEN: set[int] = set()  # ports handed out by this process (not bound yet, maybe)
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free now, for a process started later. Taken below the kernel's ephemeral range:
+    a port from bind(0) can meanwhile become the source port of some outgoing connection (or
+    another bind(0)) and the listener then fails with "address in use"; ports below the range
+    are never handed out that way."""
+    low = _ephemeral_low()
+    if low > 11000:
+        for _ in range(100):
+            port = random.randrange(10000, low)
+            if port in _GIVEN:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    continue
+            _GIVEN.add(port)
+            return port
     with socket.socket() as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])

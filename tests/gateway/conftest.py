@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
+from switchback.runtime import processes
+
 ROOT = Path(__file__).resolve().parents[2]
 SWITCHBACK = Path(sys.executable).parent / "switchback"
 TEST_APP = Path(__file__).parent / "apps" / "gwtest"
@@ -29,9 +30,8 @@ TOKENS_ENV = ",".join(f"{k}={v}" for k, v in TOKENS.items())
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    # Below the kernel's ephemeral range, as the runtime does: Envoy binds some of these later.
+    return processes.free_port()
 
 
 def auth(name: str = "alice") -> dict[str, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import httpx
 import psycopg
 import pytest
 
+from switchback.runtime import processes
 from tests.engine.conftest import PG_URL, drop_pg_schema, pg_schema
 
 SWITCHBACK = Path(sys.executable).parent / "switchback"
@@ -30,9 +30,8 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    # Below the kernel's ephemeral range, as the runtime does: Envoy binds some of these later.
+    return processes.free_port()
 
 
 @dataclass

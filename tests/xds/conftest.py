@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -15,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from switchback.runtime import processes
 from switchback.xds.cache import ROUTE, Snapshot
 from switchback.xds.control import ControlPlane
 from switchback.xds.resources import NodeSpec, _route_to, route_config
@@ -22,9 +22,8 @@ from switchback.xds.sidecar import EnvoyProcess, bootstrap_config
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    # Below the kernel's ephemeral range, as the runtime does: Envoy binds some of these later.
+    return processes.free_port()
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -54,7 +54,7 @@ from switchback.gateway.http import (
 )
 from switchback.gateway.logs import current_xid
 from switchback.gateway.metrics import CONTENT_TYPE_LATEST, Metrics
-from switchback.gateway.openapi import build_openapi, public_request_schema
+from switchback.gateway.openapi import DECISION_BODIES, build_openapi, public_request_schema
 from switchback.model import App, Scenario
 from switchback.store import Store, open_store
 from switchback.store.records import (
@@ -80,39 +80,7 @@ ANONYMOUS = "anonymous"
 
 Handler = Callable[[Request], Awaitable[Response]]
 
-_DECISION = {
-    "rollforward": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {
-            "request": {},
-            "from": {"type": "string", "minLength": 1},
-            "reason": {"type": "string"},
-        },
-    },
-    "rollback": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {"reason": {"type": "string"}},
-    },
-    "pause": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {"reason": {"type": "string"}},
-    },
-    "compensated": {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["reason"],
-        "properties": {"reason": {"type": "string", "minLength": 1, "pattern": r"\S"}},
-    },
-    "signal": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {"payload": {}, "reason": {"type": "string"}},
-    },
-}
-DECISION_SCHEMAS = {k: Draft202012Validator(v) for k, v in _DECISION.items()}
+DECISION_SCHEMAS = {k: Draft202012Validator(v) for k, v in DECISION_BODIES.items()}
 
 
 def violations_of(validator: Draft202012Validator, body: Any) -> list[dict[str, str]]:

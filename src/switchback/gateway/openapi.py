@@ -162,37 +162,41 @@ SCHEMAS: dict[str, Any] = {
             "resume_after_signal": {"type": "array", "items": {"type": "object"}},
         },
     },
-    "RollforwardBody": {
+}
+
+
+_REASON = {"type": "string"}
+# The bodies of the admin API's decisions: the gateway validates against these, and the OpenAPI
+# document publishes them as <Action>Body.
+DECISION_BODIES: dict[str, dict[str, Any]] = {
+    "rollforward": {
         "type": "object",
         "additionalProperties": False,
         "properties": {
             "request": {"description": "corrected request, validated against the scenario schema"},
             "from": {"type": "string", "minLength": 1, "description": "an earlier block"},
-            "reason": {"type": "string"},
+            "reason": _REASON,
         },
     },
-    "RollbackBody": {
+    "rollback": {
         "type": "object",
         "additionalProperties": False,
-        "properties": {"reason": {"type": "string"}},
+        "properties": {"reason": _REASON},
     },
-    "PauseBody": {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {"reason": {"type": "string"}},
-    },
-    "CompensatedBody": {
+    "pause": {"type": "object", "additionalProperties": False, "properties": {"reason": _REASON}},
+    "compensated": {
         "type": "object",
         "additionalProperties": False,
         "required": ["reason"],
         "properties": {"reason": {"type": "string", "minLength": 1, "pattern": "\\S"}},
     },
-    "SignalBody": {
+    "signal": {
         "type": "object",
         "additionalProperties": False,
-        "properties": {"payload": {}, "reason": {"type": "string"}},
+        "properties": {"payload": {}, "reason": _REASON},
     },
 }
+SCHEMAS.update({f"{k.capitalize()}Body": v for k, v in DECISION_BODIES.items()})
 
 
 def _ref(name: str) -> dict[str, str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging.config
 import sys
 import time
 from pathlib import Path
@@ -61,13 +62,23 @@ def controller_run(
     xds_port: int = typer.Option(0, "--xds-port"),
 ) -> None:
     """Run the controller in the foreground."""
+    from switchback.gateway.logs import log_config
+
+    # JSON lines on stderr (controller.log when `up` starts it), like every instance's log.
+    logging.config.dictConfig(log_config("controller", "info"))
     asyncio.run(Controller(data, admin_port=admin_port, xds_port=xds_port).run())
 
 
-def _ensure_controller(data: Path, timeout: float = 30) -> None:
+def _log_tail(path: Path, lines: int = 20) -> str:
+    tail = processes.tail(path, lines)
+    return f"last lines of {path}:\n{tail}" if tail else f"{path} is empty"
+
+
+def _ensure_controller(data: Path, timeout: float = 30) -> bool:
+    """Start the controller unless one runs for ``data``. True if this call started it."""
     info = read_info(data)
     if info and processes.alive(info.get("pid")):
-        return
+        return False
     data.mkdir(parents=True, exist_ok=True)
     pid = processes.spawn(
         [sys.executable, "-m", "switchback.cli", "controller", "run", "--data", str(data)],
@@ -79,16 +90,17 @@ def _ensure_controller(data: Path, timeout: float = 30) -> None:
         if info and info.get("pid") == pid:
             try:
                 if httpx.get(info["url"] + "/healthz", timeout=1).status_code == 200:
-                    return
+                    return True
             except httpx.HTTPError:
                 pass
         processes.reap(pid)
         if not processes.alive(pid):
-            tail = (data / "controller.log").read_text(errors="replace")[-3000:]
-            fail(f"the controller exited during start-up:\n{tail}")
+            fail(f"the controller exited during start-up; {_log_tail(data / 'controller.log')}")
         if time.monotonic() > deadline:
+            processes.stop(pid)
             fail(
-                f"the controller did not start within {timeout:g} s (see {data / 'controller.log'})"
+                f"the controller did not start within {timeout:g} s; "
+                f"{_log_tail(data / 'controller.log')}"
             )
         time.sleep(0.05)
 
@@ -110,15 +122,28 @@ def up(
     """Start the control plane (xDS + runtime + releases) and deploy APP_DIR as the current
     version of an environment: every role with its Envoy sidecar, services, an ingress."""
     data = data.resolve()
-    _ensure_controller(data)
-    res = call(
-        data, "POST", "/environments",
-        {"environment": env, "app_dir": str(app_dir.resolve()), "version": version,
-         "public_port": public_port, "standby_port": standby_port},
-        timeout=180,
-    )  # fmt: skip
+    started = _ensure_controller(data)
+    try:
+        res = call(
+            data, "POST", "/environments",
+            {"environment": env, "app_dir": str(app_dir.resolve()), "version": version,
+             "public_port": public_port, "standby_port": standby_port},
+            timeout=240,
+        )  # fmt: skip
+    except typer.Exit:
+        err.print(_log_tail(data / "controller.log"))
+        if started:  # a failed start leaves nothing running that it started
+            err.print("stopping what this start began (controller, proxies, instances)")
+            _stop_controller(data)
+        raise
     info = read_info(data) or {}
-    out.print(f"[green]{env}[/green] runs [bold]{res['current']}[/bold] of {app_dir}")
+    if res.get("restarted"):
+        out.print(
+            f"[green]{env}[/green] restarted: it runs [bold]{res['current']}[/bold] of "
+            f"{res.get('app_dir')} (what ran before; `switchback down --forget` starts afresh)"
+        )
+    else:
+        out.print(f"[green]{env}[/green] runs [bold]{res['current']}[/bold] of {app_dir}")
     out.print(f"  public URL:   {res['public']}")
     out.print(f"  standby URL:  {res['standby']}   (the new version, during a release)")
     out.print(f"  controller:   {info.get('url')}  (token in {data / 'controller.json'})")
@@ -130,23 +155,43 @@ def up(
     )
 
 
-def down(data: Path = DataOpt) -> None:
-    """Stop everything `switchback up` started."""
+def _stop_controller(data: Path, forget: bool = False) -> None:
+    info = read_info(data) or {}
+    call(data, "POST", "/shutdown", {"forget": forget}, timeout=120)
+    deadline = time.monotonic() + 30
+    while processes.alive(info.get("pid")) and time.monotonic() < deadline:
+        processes.reap(info["pid"])
+        time.sleep(0.05)
+    if processes.alive(info.get("pid")):
+        processes.stop(info["pid"])
+
+
+def down(
+    data: Path = DataOpt,
+    forget: bool = typer.Option(
+        False,
+        "--forget",
+        help="Also forget the environments: the next `up` deploys afresh instead of restarting "
+        "what ran (the stores and the release history stay)",
+    ),
+) -> None:
+    """Stop everything `switchback up` started (the controller, every instance, sidecar and
+    proxy; `make up` then stops its peers too). The next `up` restarts what ran."""
     data = data.resolve()
     info = read_info(data)
     if not info or not processes.alive(info.get("pid")):
         out.print("nothing is running")
         return
-    call(data, "POST", "/shutdown", timeout=120)
-    deadline = time.monotonic() + 30
-    while processes.alive(info["pid"]) and time.monotonic() < deadline:
-        processes.reap(info["pid"])
-        time.sleep(0.05)
+    _stop_controller(data, forget)
     out.print("stopped")
 
 
 def _show_release(r: dict[str, Any]) -> None:
+    if r.get("note"):
+        out.print(r["note"])
     print_tx(r)
+    for warning in r.get("warnings") or []:
+        out.print(f"[yellow]warning:[/yellow] {warning}")
     if r["status"] == "waiting":
         out.print(
             "waiting for approval: `switchback release approve` or `switchback release reject`"
@@ -289,3 +334,6 @@ def status(env: str = EnvOpt, data: Path = DataOpt) -> None:
     for r in s["releases"]:
         rel.add_row(r["xid"], r["scenario"], styled(r["status"]), str(r["cursor"]))
     out.print(rel)
+    for r in s["releases"]:
+        for warning in r.get("warnings") or []:
+            out.print(f"[yellow]warning:[/yellow] release {r['xid']}: {warning}")

@@ -564,6 +564,10 @@ def show(data: Path, xid: str | None) -> int:
 
     ec2 = settings.ec2_client()
     filters = [{"Name": f"tag:{settings.TAG_XID}", "Values": [xid or "*"]}]
+    print(
+        f"(moto's state is kept across restarts of make up in {data / 'provision-lab' / MOTO_STATE};"
+        " the device and the router start empty)"
+    )
     print("EC2 instances (tag switchback:xid):")
     for r in ec2.describe_instances(Filters=filters)["Reservations"]:
         for i in r["Instances"]:

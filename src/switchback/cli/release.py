@@ -284,7 +284,8 @@ def abort(
     reason: str | None = typer.Option(None, "--reason"),
     data: Path = DataOpt,
 ) -> None:
-    """Abort = roll back, make-before-break: traffic back on current, then the new version removed."""
+    """Abort = roll back, make-before-break: traffic back on current, then the new version
+    removed. A running release first stops at its next safe point (a smoke test at once)."""
     _decide("abort", xid, env, reason, data)
 
 

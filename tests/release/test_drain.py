@@ -36,8 +36,8 @@ async def test_a_release_under_keepalive_load_drains_before_its_limit(
     samples = await traffic.stop()
     assert r["status"] == "completed", r
     drained = block(r, "drain_old")["output"]
-    assert drained["timed_out"] is False and drained["still_connected"] == {}, drained
-    assert drained["seconds"] < 30
+    assert drained["still_connected"] == {}, drained  # before: idle pools held it to the limit
+    assert drained["timed_out"] is False and drained["seconds"] < 30, drained
     assert r["warnings"] == []
     redirect = block(r, "redirect_old")
     report = analyse(samples, redirect["ended_at"], "v1", "v2", promote_at=redirect["started_at"])

@@ -395,6 +395,7 @@ class Gateway:
                 reason=body.get("reason"),
                 wait=False,
             )
+        log.info("decision", extra={"xid": xid, "action": action, "actor": actor})
         if tx.status in ACTIVE and not prefers_async(request):
             tx = await self.settle(tx)
         if tx.status in ACTIVE:

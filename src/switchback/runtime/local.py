@@ -516,12 +516,16 @@ class LocalRuntime:
 
     # -- draining ------------------------------------------------------------------------------
 
-    async def sidecar_stats(self, inst: Instance) -> dict[str, int]:
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            r = await client.get(
-                f"http://127.0.0.1:{inst.admin_port}/stats",
-                params={"filter": r"^http\.inbound\.downstream_(cx|rq)_active$"},
-            )
+    async def sidecar_stats(
+        self, inst: Instance, client: httpx.AsyncClient | None = None
+    ) -> dict[str, int]:
+        if client is None:
+            async with httpx.AsyncClient(timeout=2.0) as own:
+                return await self.sidecar_stats(inst, own)
+        r = await client.get(
+            f"http://127.0.0.1:{inst.admin_port}/stats",
+            params={"filter": r"^http\.inbound\.downstream_(cx|rq)_active$"},
+        )
         out = {}
         for line in r.text.splitlines():
             name, _, value = line.partition(": ")
@@ -539,35 +543,41 @@ class LocalRuntime:
         close what has been idle for ``UPSTREAM_IDLE_TIMEOUT``. What is still connected at the
         limit is reported (``timed_out``), never passed off as drained."""
         began = time.monotonic()
-        if not requests_only:
-            async with httpx.AsyncClient(timeout=2.0) as client:
-                for inst in instances:
+        deadline = began + timeout
+        key = "downstream_rq_active" if requests_only else "downstream_cx_active"
+
+        async def stats(client: httpx.AsyncClient, inst: Instance) -> dict[str, int]:
+            try:
+                return await self.sidecar_stats(inst, client)
+            except httpx.HTTPError:
+                return {}  # a sidecar that is gone carries nothing
+
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            if not requests_only:
+
+                async def drain_one(inst: Instance) -> None:
                     with contextlib.suppress(httpx.HTTPError):
                         await client.post(
                             f"http://127.0.0.1:{inst.admin_port}/drain_listeners",
                             params={"graceful": ""},
                         )
-        deadline = began + timeout
-        key = "downstream_rq_active" if requests_only else "downstream_cx_active"
-        while True:
-            left: dict[str, dict[str, int]] = {}
-            for inst in instances:
-                try:
-                    stats = await self.sidecar_stats(inst)
-                except httpx.HTTPError:
-                    continue  # a sidecar that is gone carries nothing
-                if stats.get(key, 0) > 0:
-                    left[inst.id] = stats
-            now = time.monotonic()
-            if not left or now > deadline:
-                report = DrainReport(
-                    timed_out=bool(left), seconds=round(now - began, 3), still_connected=left
-                )
-                level = logging.WARNING if left else logging.INFO
-                log.log(level, "drain", extra={"instances": [i.id for i in instances],
-                                               **report.as_dict()})  # fmt: skip
-                return report
-            await asyncio.sleep(0.05)
+
+                await asyncio.gather(*(drain_one(i) for i in instances))
+            while True:
+                found = await asyncio.gather(*(stats(client, i) for i in instances))
+                left = {
+                    i.id: st for i, st in zip(instances, found, strict=True) if st.get(key, 0) > 0
+                }
+                now = time.monotonic()
+                if not left or now > deadline:
+                    report = DrainReport(
+                        timed_out=bool(left), seconds=round(now - began, 3), still_connected=left
+                    )
+                    level = logging.WARNING if left else logging.INFO
+                    log.log(level, "drain", extra={"instances": [i.id for i in instances],
+                                                   **report.as_dict()})  # fmt: skip
+                    return report
+                await asyncio.sleep(0.05)
 
     # -- adoption ------------------------------------------------------------------------------
 

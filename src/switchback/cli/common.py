@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from switchback.engine import Engine, EngineError, RequestInvalid
-from switchback.model import App, AppLoadError, load_app
+from switchback.model import App, AppLoadError, RequestCheckFailed, load_app
 from switchback.store import StoreError, open_store
 from switchback.store.records import TxRecord
 
@@ -119,7 +119,7 @@ def run_async(coro_fn: Callable[[], Awaitable[T]]) -> T:
         fail("the request does not match the scenario's schema")
     except EngineError as exc:
         fail(str(exc))
-    except StoreError as exc:  # e.g. the --db server cannot be reached: one line, no traceback
+    except (StoreError, RequestCheckFailed) as exc:  # e.g. the --db server cannot be reached
         fail(str(exc))
 
 

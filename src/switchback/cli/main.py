@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
 import typer
 
 app = typer.Typer(
@@ -11,6 +14,34 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _version() -> str:
+    try:
+        return version("switchback")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from switchback import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"switchback {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        callback=_print_version,
+        is_eager=True,
+    ),
+) -> None:
+    """Durable DO/UNDO transactions and zero-downtime blue/green releases."""
 
 
 def _register() -> None:
@@ -36,6 +67,29 @@ def _register() -> None:
     app.add_typer(sidecar.app, name="sidecar")
 
 
+def _no_flag_metavars(command: Any) -> None:
+    """Typer's help shows ``<bool>`` beside every flag (``--wait/--no-wait <bool>``), which
+    reads as if the flag took a value: an empty metavar shows nothing (the help option too)."""
+    ctx = command.context_class(command)
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in (getattr(command, "commands", None) or {}).values():
+        _no_flag_metavars(sub)
+
+
+_COMMAND: Any = None
+
+
+def command() -> Any:
+    """The click command behind `switchback` (built once), for main() and the CLI tests."""
+    global _COMMAND
+    if _COMMAND is None:
+        _register()
+        _COMMAND = typer.main.get_command(app)
+        _no_flag_metavars(_COMMAND)
+    return _COMMAND
+
+
 def main() -> None:
-    _register()
-    app()
+    command()(prog_name="switchback")

@@ -88,7 +88,8 @@ DataOpt = typer.Option(
     None,
     "--data",
     envvar="SWITCHBACK_DATA",
-    help="Data directory (SQLite store) [default: ./.switchback]",
+    help="Data directory: a local SQLite store, or where `switchback up` runs the platform "
+    "[default: ./.switchback]",
 )
 AppOpt = typer.Option(
     None,

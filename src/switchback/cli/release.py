@@ -140,10 +140,11 @@ def up(
     out.print(f"  standby URL:  {res['standby']}   (the new version, during a release)")
     out.print(f"  controller:   {info.get('url')}   (its token: {data / 'controller.json'})")
     out.print(f"  admin API:    {_admin_tokens()}")
-    out.print("Try:  switchback release status")
-    out.print("      switchback release start --version v2 --app DIR")
-    out.print("      switchback tx list          (this environment's transactions)")
-    out.print("      switchback down")
+    where = "" if data == Path(".switchback").resolve() else f" --data {data}"
+    out.print(f"Try:  switchback release status{where}")
+    out.print(f"      switchback release start --version v2 --app DIR{where}")
+    out.print(f"      switchback tx list{where}   (this environment's transactions)")
+    out.print(f"      switchback down{where}")
 
 
 def _admin_tokens() -> str:

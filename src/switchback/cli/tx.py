@@ -176,6 +176,13 @@ def run(
     Exit status: 0 completed, 2 parked (suspended / rollback_failed), 1 error.
     """
     request = read_json_file(input) if input else {}
+    if not db and discovery.running_controller(data) is not None and not as_json:
+        # `tx` commands would show the platform's environment by default, not this store.
+        where = data_dir(data) / "switchback.db"
+        err.print(
+            f"[dim]local store {_where(where)}, not the platform that runs in "
+            f"{_where(data_dir(data))}; `tx` commands read it with --db sqlite:///{where}[/dim]"
+        )
 
     async def go() -> TxRecord:
         async with engine_for(data, app_dir, remember_app=True, db=db) as engine:

@@ -184,19 +184,19 @@ POLL = 0.25  # seconds between two looks at a release that is moving
 
 
 def _hints(r: dict[str, Any]) -> None:
+    # One command a line: each fits a terminal, none is broken in the middle.
     if r["status"] == "waiting":
-        out.print(
-            "waiting for approval: `switchback release approve` or `switchback release reject`"
-        )
+        out.print("waiting for approval:")
+        out.print("  go on:     switchback release approve")
+        out.print("  give up:   switchback release reject")
     elif r["status"] == "suspended":
-        out.print(
-            "parked: `switchback release retry` (run again from the failed step) or "
-            "`switchback release abort` (roll back)"
-        )
+        out.print("parked:")
+        out.print("  run again from the failed step:  switchback release retry")
+        out.print("  roll back:                       switchback release abort")
     elif r["status"] == "rollback_failed":
-        out.print(
-            "the rollback failed: see `switchback release status`, then `release abort` again"
-        )
+        out.print("the rollback failed:")
+        out.print("  see why:   switchback release status")
+        out.print("  try again: switchback release abort")
 
 
 def _versions(r: dict[str, Any]) -> str:

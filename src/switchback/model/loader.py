@@ -60,6 +60,7 @@ SCENARIO_SHAPE: dict[str, Any] = {
         "method": {"enum": list(METHODS) + [m.lower() for m in METHODS]},
         "path": {"type": "string", "pattern": r"^/"},
         "request": {"type": ["object", "boolean"]},
+        "request_check": _REF,
         "result": {"type": "string"},
         "transaction": {
             "type": "object",
@@ -297,6 +298,11 @@ class _AppLoader:
                         _line(lines, ("transaction", "lock_keys", j)),
                         f"lock key {key!r} uses {{{field_name}}}, which is not a property of the request schema",
                     )
+        check = None
+        if "request_check" in data:
+            check = self.resolve(
+                data["request_check"], rel, _line(lines, ("request_check",)), "request_check"
+            )
         if len(self.problems) > before:
             return None
         return Scenario(
@@ -315,6 +321,8 @@ class _AppLoader:
             result=result,
             description=data.get("description"),
             source=f"{rel}:{_line(lines, ()) or 1}",
+            request_check=check,
+            request_check_ref=data.get("request_check"),
         )
 
     # -- Python scenarios ----------------------------------------------------------------------

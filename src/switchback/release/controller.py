@@ -175,7 +175,7 @@ class Controller:
         async def status(request: Request) -> JSONResponse:
             envs = {name: await self.runtime.status(name) for name in self.runtime.environments}
             page, _ = await self.engine.list(limit=int(request.query_params.get("limit", 10)))
-            releases = [self._release_summary(t) for t in page]
+            releases = [self._release_summary(await self.engine.get(t.xid)) for t in page]
             return JSONResponse(
                 {"environments": envs, "releases": releases, "xds_nodes": len(self.cp.nodes())}
             )
@@ -273,7 +273,11 @@ class Controller:
             return JSONResponse({"xds_version": version})
 
         async def nodes(request: Request) -> JSONResponse:
-            return JSONResponse({"nodes": self.cp.nodes()})
+            from switchback.xds.admin import parse_selector
+
+            # The same query as the standalone admin API's (`switchback xds status -s ...`).
+            selector = parse_selector(request.query_params.get("selector"))
+            return JSONResponse({"nodes": self.cp.nodes(selector)})
 
         async def shutdown(request: Request) -> JSONResponse:
             await self.runtime.shutdown()
@@ -312,8 +316,15 @@ class Controller:
 
     @staticmethod
     def _release_summary(tx: TxRecord) -> dict[str, Any]:
+        """What a list of releases shows: the versions, from → to (the old one is known once
+        ``deploy_new`` has run), and the step it is at."""
+        request = tx.request if isinstance(tx.request, dict) else {}
+        deployed = next((b.output for b in tx.blocks if b.name == "deploy_new"), None)
+        step = tx.blocks[tx.cursor].name if tx.cursor < len(tx.blocks) else None
         return {"xid": tx.xid, "scenario": tx.scenario, "status": tx.status, "reason": tx.reason,
-                "created_at": tx.created_at, "cursor": tx.cursor}  # fmt: skip
+                "created_at": tx.created_at, "cursor": tx.cursor, "step": step,
+                "environment": request.get("environment"), "to": request.get("version"),
+                "from": deployed.get("old") if isinstance(deployed, dict) else None}  # fmt: skip
 
     @staticmethod
     def _release_detail(tx: TxRecord) -> dict[str, Any]:

@@ -329,6 +329,10 @@ class KubeApiDouble:
         """Someone else changes the object (merge patch): a new resourceVersion."""
         return await self._patch(KINDS[plural], namespace, name, patch, strategic=False)
 
+    async def delete_object(self, plural: str, namespace: str, name: str) -> None:
+        """Someone else deletes the object."""
+        await self._delete(KINDS[plural], namespace, name)
+
     async def compact(self) -> int:
         """Forget the history up to now (etcd compaction): a watch from an older
         resourceVersion gets 410 Expired."""

@@ -206,7 +206,12 @@ class KubeClient:
         """Make Service ``name`` select exactly ``selector`` (``None``: no selector, no
         endpoints). Established connections stay where they are (kube-proxy)."""
         for _ in range(self.conflict_retries):
-            current = await self.api.get(Service, name, namespace=self.namespace)
+            try:
+                current = await self.api.get(Service, name, namespace=self.namespace)
+            except ApiError as exc:
+                if exc.status.code == 404:
+                    raise KubeError(f"service {self.namespace}/{name} not found") from exc
+                raise
             old = dict((current.spec.selector if current.spec else None) or {})
             if selector is None:
                 patch_sel: dict[str, Any] | None = None
@@ -222,7 +227,7 @@ class KubeClient:
                 )
                 return svc.to_dict()
             except ApiError as exc:
-                if exc.status.code != 409:
+                if exc.status.code not in (404, 409):  # 404: deleted since read; reported above
                     raise
         raise ConflictRetriesExhausted(
             f"Service {self.namespace}/{name}: selector still conflicting after "

@@ -89,10 +89,11 @@ def _register() -> None:
     from switchback.cli import serve
 
     app.command("serve")(serve.serve)
-    from switchback.cli import sidecar, xds
+    from switchback.cli import k8s, sidecar, xds
 
     app.add_typer(xds.app, name="xds")
     app.add_typer(sidecar.app, name="sidecar")
+    app.add_typer(k8s.app, name="k8s")
 
 
 def command() -> Any:

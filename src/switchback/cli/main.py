@@ -34,6 +34,9 @@ def _register() -> None:
 
     app.add_typer(xds.app, name="xds")
     app.add_typer(sidecar.app, name="sidecar")
+    from switchback.cli import identity
+
+    app.add_typer(identity.app, name="users")
 
 
 def main() -> None:

@@ -45,20 +45,9 @@ from switchback.identity.loader import (
     parse_admin_tokens,
 )
 from switchback.identity.policies import (
-    APPROVE,
     ON_TIMEOUT,
     POLICY_SHAPE,
-    REJECT,
     ApprovalPolicy,
-    Cast,
-    Party,
-    Subject,
-    Verdict,
-    Vote,
-    can_vote,
-    cast,
-    same_person,
-    tally,
     validate_policy,
 )
 from switchback.identity.principals import CHAT_NETWORKS, Group, Principal, User
@@ -80,6 +69,19 @@ from switchback.identity.tokens import (
     matches,
     new_token,
     parse_expiry,
+)
+from switchback.identity.voting import (
+    APPROVE,
+    REJECT,
+    Cast,
+    Party,
+    Subject,
+    Verdict,
+    Vote,
+    can_vote,
+    cast,
+    same_person,
+    tally,
 )
 from switchback.yamlfile import Problem
 

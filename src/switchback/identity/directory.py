@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import TypeVar
 
 from switchback.identity.errors import InvalidIdentityData, Issue, Unauthenticated
-from switchback.identity.policies import ApprovalPolicy, Party, validate_policy
+from switchback.identity.policies import ApprovalPolicy, validate_policy
 from switchback.identity.principals import ADMIN_TOKENS_ORIGIN, Group, Principal, User
 from switchback.identity.roles import Action, Role
 from switchback.identity.tokens import (
@@ -29,6 +29,7 @@ from switchback.identity.tokens import (
     hash_token,
     token_digest,
 )
+from switchback.identity.voting import Party
 
 EXPIRY_WARNING = 7 * 86400.0  # `switchback users check` warns this long before a token expires
 

@@ -70,7 +70,7 @@ _DECIDE = frozenset({Role.OPERATOR, Role.ADMIN})
 _ADMIN = frozenset({Role.ADMIN})
 
 # The table. An approver reads approvals (the inbox of what waits for them) but nothing else:
-# voting needs a place in the approval's policy as well as this permission (see policies.py).
+# voting needs a place in the approval's policy as well as this permission (see voting.py).
 PERMISSIONS: Mapping[Action, Permission] = MappingProxyType(
     {
         p.action: p

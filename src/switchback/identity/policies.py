@@ -41,7 +41,7 @@ ON_TIMEOUT: Mapping[str, str] = MappingProxyType(
 APPROVE = "approve"  # the on_timeout value refused (and a vote's decision, in voting.py)
 
 # The shape of a policy in a YAML file (users file, pipeline file); values are checked by
-# ApprovalPolicy.issues() so that the messages can explain the rules.
+# policy_issues() so that the messages can explain the rules.
 POLICY_SHAPE: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,

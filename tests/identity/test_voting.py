@@ -90,6 +90,12 @@ def test_self_approval_is_refused(directory: Directory, subject: Subject, reason
     assert can_vote(allowed, voter(directory, "alice"), subject)
 
 
+def test_the_trigger_given_as_a_principal_is_matched(directory: Directory) -> None:
+    subject = Subject(triggered_by=Party.of(voter(directory, "alice")))
+    verdict = can_vote(POLICY, voter(directory, "alice"), subject)
+    assert not verdict and "alice is who triggered the run (same user name)" in verdict.reason
+
+
 def test_someone_else_s_change_is_not_self_approval(directory: Directory) -> None:
     subject = Subject(
         author=Party.from_git("Bob <bob@example.com>"),

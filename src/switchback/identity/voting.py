@@ -57,10 +57,8 @@ class Party:
 
     @classmethod
     def of(cls, principal: Principal) -> Party:
+        """A user as a party (who triggered a run from the API, the CLI or chat)."""
         return cls(name=principal.name, email=principal.email, chat=principal.chat)
-
-    def describe(self) -> str:
-        return self.name or self.email or next(iter(self.chat.values()), "someone unknown")
 
 
 @dataclass(frozen=True)

@@ -114,6 +114,10 @@ def test_good_app_has_no_problems(tmp_path: Path) -> None:
         ),
         ("", "s.yaml: empty file"),
         (
+            "name: s\ndescription: 2025-13-45\nblocks:\n  - {name: a, do: 'lintblocks:do_it'}\n",
+            "s.yaml:2: invalid YAML: '2025-13-45' is not a valid value (month must be in 1..12)",
+        ),
+        (
             "name: s\nblocks:\n  - name: a\n    wait: __pause__\n",
             "s.yaml:4: block 'a': signal names starting with '__' are reserved",
         ),

@@ -130,13 +130,17 @@ def render_cmd(
         "--tokens-secret",
         help="Secret NAME[:KEY] with the admin tokens (optional in the pod)",
     ),
-    app_cpu: str | None = typer.Option(None, "--app-cpu", help="REQUEST[/LIMIT] [100m/1]"),
-    app_memory: str | None = typer.Option(
-        None, "--app-memory", help="REQUEST[/LIMIT] [256Mi/512Mi]"
+    app_cpu: str | None = typer.Option(
+        None, "--app-cpu", help="REQUEST\\[/LIMIT] (default 100m/1)"
     ),
-    envoy_cpu: str | None = typer.Option(None, "--envoy-cpu", help="REQUEST[/LIMIT] [50m/500m]"),
+    app_memory: str | None = typer.Option(
+        None, "--app-memory", help="REQUEST\\[/LIMIT] (default 256Mi/512Mi)"
+    ),
+    envoy_cpu: str | None = typer.Option(
+        None, "--envoy-cpu", help="REQUEST\\[/LIMIT] (default 50m/500m)"
+    ),
     envoy_memory: str | None = typer.Option(
-        None, "--envoy-memory", help="REQUEST[/LIMIT] [64Mi/256Mi]"
+        None, "--envoy-memory", help="REQUEST\\[/LIMIT] (default 64Mi/256Mi)"
     ),
     drain_seconds: int = typer.Option(
         Shutdown.drain_seconds, "--drain-seconds", min=0, help="preStop wait after the drain"

@@ -93,6 +93,17 @@ def test_bad_request_is_refused_before_any_block(
     assert configured(frr_router, "198.51.199.0/24") == []
 
 
+def test_unknown_router_is_refused_before_any_block(frr_server: Server) -> None:
+    """edge9 is not in the inventory: 422 naming the routers there, no transaction started."""
+    before = frr_server.admin("GET", "/transactions", params={"limit": 1000}).json()
+    r = frr_server.client.post("/routes", json={**request("198.51.198.0/24"), "router": "edge9"})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"]["violations"] == [
+        {"path": "/router", "message": "no device 'edge9' in the inventory (have: edge1)"}
+    ]
+    assert frr_server.admin("GET", "/transactions", params={"limit": 1000}).json() == before
+
+
 def test_frr_refuses_then_rollback_leaves_no_route(
     frr_server: Server, frr_router: frr_lab.FrrRouter
 ) -> None:

@@ -86,6 +86,35 @@ def test_bad_request_creates_nothing(server: Server) -> None:
     assert [v["path"] for v in r.json()["detail"]["violations"]] == ["/image_id"]
 
 
+def test_unknown_device_is_refused_before_anything_is_created(server: Server, ec2: Any) -> None:
+    """leaf9 is not in the inventory: a 422 naming the devices there, no transaction, no VM
+    (it used to create a VM, park at block 1 and fail its rollback)."""
+    before = server.admin("GET", "/transactions", params={"limit": 1000}).json()["transactions"]
+    running = ec2.describe_instances(Filters=[{"Name": "tag:Name", "Values": ["web-19"]}])
+    assert running["Reservations"] == []
+    r = server.client.post("/foo/bar", json=request(19, "leaf9"))
+    assert r.status_code == 422, r.text
+    (violation,) = r.json()["detail"]["violations"]
+    assert violation["path"] == "/device"
+    assert violation["message"].startswith("no device 'leaf9' in the inventory (have: leaf1, ")
+    after = server.admin("GET", "/transactions", params={"limit": 1000}).json()["transactions"]
+    assert after == before
+    running = ec2.describe_instances(Filters=[{"Name": "tag:Name", "Values": ["web-19"]}])
+    assert running["Reservations"] == []
+
+
+def test_unreadable_inventory_is_a_503_and_starts_nothing(tmp_path: Path, moto: lab.Moto) -> None:
+    server = start_server(tmp_path / "data", moto, tmp_path / "missing.yaml")
+    try:
+        r = server.client.post("/foo/bar", json=request(20, "leaf1"))
+        assert r.status_code == 503, r.text
+        assert "cannot read device inventory" in r.json()["detail"]["message"]
+        listed = server.admin("GET", "/transactions").json()["transactions"]
+        assert listed == []
+    finally:
+        server.stop()
+
+
 def test_device_refuses_then_rollback_terminates_the_vm(
     server: Server, ec2: Any, device: lab.NetconfDevice
 ) -> None:

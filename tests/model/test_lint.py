@@ -114,6 +114,10 @@ def test_good_app_has_no_problems(tmp_path: Path) -> None:
         ),
         ("", "s.yaml: empty file"),
         (
+            "name: s\ndescription: 2025-13-45\nblocks:\n  - {name: a, do: 'lintblocks:do_it'}\n",
+            "s.yaml:2: invalid YAML: '2025-13-45' is not a valid value (month must be in 1..12)",
+        ),
+        (
             "name: s\nblocks:\n  - name: a\n    wait: __pause__\n",
             "s.yaml:4: block 'a': signal names starting with '__' are reserved",
         ),
@@ -218,3 +222,63 @@ def test_lint_cli_exit_status(tmp_path: Path) -> None:
     assert ko.returncode == 1
     assert "s.yaml:2: blocks: 3 is not of type 'array'" in ko.stderr
     assert "Traceback" not in ko.stderr
+
+
+CHECKED = """
+name: checked
+path: /checked
+request: {type: object, required: [device], properties: {device: {type: string}}}
+request_check: lintblocks:known
+blocks:
+  - name: one
+    do: lintblocks:do_it
+"""
+
+CHECK_BLOCKS = (
+    GOOD_BLOCKS
+    + """
+def known(request):
+    if request["device"] == "boom":
+        raise OSError("inventory unreadable")
+    if request["device"] == "odd":
+        return ["not a dict"]
+    if request["device"] != "leaf1":
+        return [{"path": "/device", "message": f"no device {request['device']!r}"}]
+"""
+)
+
+
+def test_request_check_runs_after_the_schema_and_reports_like_it(tmp_path: Path) -> None:
+    from switchback.model import RequestCheckFailed
+
+    sc = load_app(make_app(tmp_path, {"c.yaml": CHECKED}, CHECK_BLOCKS)).scenarios["checked"]
+    assert sc.validate_request({"device": "leaf1"}) == []
+    assert sc.validate_request({"device": "leaf9"}) == [
+        {"path": "/device", "message": "no device 'leaf9'"}
+    ]
+    # Schema violations first: the check may rely on the request's shape.
+    assert [v["path"] for v in sc.validate_request({})] == ["/"]
+    with pytest.raises(RequestCheckFailed, match="lintblocks:known failed: OSError: inventory"):
+        sc.validate_request({"device": "boom"})
+    with pytest.raises(RequestCheckFailed, match="returned 'not a dict'"):
+        sc.validate_request({"device": "odd"})
+
+
+def test_request_check_that_does_not_resolve_is_a_lint_problem(tmp_path: Path) -> None:
+    root = make_app(tmp_path, {"c.yaml": CHECKED.replace("lintblocks:known", "lintblocks:nope")})
+    assert messages(root) == [
+        "app/scenarios/c.yaml:4: request_check 'lintblocks:nope': module 'lintblocks' has no "
+        "attribute 'nope'"
+    ]
+
+
+def test_request_check_in_python() -> None:
+    sc = scenario("p", path="/p", request={"type": "object"})
+
+    @sc.check
+    def only_a(request: dict[str, object]) -> list[dict[str, str]]:
+        return [] if request.get("a") else [{"path": "/a", "message": "a is needed"}]
+
+    assert sc.validate_request({"a": 1}) == []
+    assert sc.validate_request({}) == [{"path": "/a", "message": "a is needed"}]
+    assert sc.request_check_ref is not None and sc.request_check_ref.endswith("only_a")

@@ -18,7 +18,13 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 from provision_app import ec2 as ec2_blocks
-from provision_app.settings import DeviceSettings, device, ec2_client, host_key_b64
+from provision_app.settings import (
+    DeviceSettings,
+    device,
+    ec2_client,
+    host_key_b64,
+    never_reached,
+)
 from switchback.engine import BlockContext
 
 IF_NS = "urn:ietf:params:xml:ns:yang:ietf-interfaces"
@@ -139,6 +145,13 @@ def push_config(ctx: BlockContext) -> dict[str, Any]:
 def remove_config(ctx: BlockContext) -> dict[str, Any]:
     from ncclient.operations import RPCError
 
+    if never_reached(ctx):
+        return {
+            "device": ctx.request["device"],
+            "interface": ctx.request["interface"],
+            "removed": False,
+            "note": f"the DO never reached the device: {ctx.error['message']}",  # type: ignore[index]
+        }
     dev = device(ctx.request["device"])
     name = ctx.request["interface"]
     with session(dev) as m:

@@ -16,6 +16,7 @@ from switchback.engine import BlockContext
 
 LIVE = ("pending", "running")
 GONE = ("shutting-down", "terminated")
+NOT_FOUND = ("InvalidInstanceID.NotFound", "InvalidInstanceID.Malformed")
 
 
 class VmError(RuntimeError):
@@ -79,17 +80,58 @@ def create_vm(ctx: BlockContext) -> dict[str, Any]:
     return _summary(running)
 
 
+def _tagged_xid(instance: dict[str, Any]) -> str | None:
+    return next((t["Value"] for t in instance.get("Tags", []) if t["Key"] == TAG_XID), None)
+
+
+def _described(ec2: Any, instance_id: str) -> dict[str, Any] | None:
+    """The instance, or None when EC2 no longer knows it (AWS forgets a terminated instance
+    after a while; a restarted emulator forgets everything)."""
+    from botocore.exceptions import ClientError
+
+    try:
+        reservations = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in NOT_FOUND:
+            return None
+        raise
+    return next((i for r in reservations for i in r["Instances"]), None)
+
+
 def delete_vm(ctx: BlockContext) -> dict[str, Any]:
+    """Terminate every instance of this transaction: found by its xid tag, plus the one the DO's
+    output names if it carries that tag too (a tag query may lag behind a fresh instance).
+    Only instances tagged with this xid are touched; none left = done."""
+    from botocore.exceptions import ClientError
+
     ec2 = ec2_client()
     ids = {
         i["InstanceId"] for i in instances_of(ec2, ctx.xid) if i["State"]["Name"] != "terminated"
     }
-    if isinstance(ctx.output, dict) and ctx.output.get("instance_id"):
-        ids.add(ctx.output["instance_id"])  # terminating a terminated instance is a no-op
+    notes = []
+    named = ctx.output.get("instance_id") if isinstance(ctx.output, dict) else None
+    if named and named not in ids:
+        instance = _described(ec2, named)
+        if instance is None:
+            notes.append(f"{named} already gone")
+        elif _tagged_xid(instance) != ctx.xid:
+            notes.append(f"{named} left untouched: not this transaction's")
+        elif instance["State"]["Name"] != "terminated":
+            ids.add(named)
     if not ids:
-        return {"terminated": [], "note": f"no instance tagged {TAG_XID}={ctx.xid}"}
-    ec2.terminate_instances(InstanceIds=sorted(ids))
-    ec2.get_waiter("instance_terminated").wait(
-        InstanceIds=sorted(ids), WaiterConfig={"Delay": 1, "MaxAttempts": 90}
-    )
-    return {"terminated": sorted(ids)}
+        notes.append(f"no live instance tagged {TAG_XID}={ctx.xid}")
+        return {"terminated": [], "note": "; ".join(notes)}
+    try:
+        ec2.terminate_instances(InstanceIds=sorted(ids))
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in NOT_FOUND:
+            raise
+        # One vanished between the look-up and the call: terminate those still there.
+        ids = {i for i in ids if _described(ec2, i) is not None}
+        if ids:
+            ec2.terminate_instances(InstanceIds=sorted(ids))
+    if ids:
+        ec2.get_waiter("instance_terminated").wait(
+            InstanceIds=sorted(ids), WaiterConfig={"Delay": 1, "MaxAttempts": 90}
+        )
+    return {"terminated": sorted(ids), **({"note": "; ".join(notes)} if notes else {})}

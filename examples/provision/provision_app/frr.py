@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from provision_app.settings import SettingsError, inventory_entry
+from provision_app.settings import SettingsError, inventory_entry, never_reached
 from switchback.engine import BlockContext
 
 NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # netns and pathspace names (FRR: no '/' nor '.')
@@ -260,6 +260,9 @@ def add_route(ctx: BlockContext) -> dict[str, Any]:
 
 
 def remove_route(ctx: BlockContext) -> dict[str, Any]:
+    if never_reached(ctx):
+        note = f"the DO never reached the router: {ctx.error['message']}"  # type: ignore[index]
+        return {"router": ctx.request["router"], "removed": False, "note": note}
     r = router(ctx.request["router"])
     prefix, next_hop = _route(ctx.request)
     tag = tag_of(ctx.xid)

@@ -44,9 +44,9 @@ class DeviceSettings:
     timeout: float
 
 
-def inventory_entry(name: str) -> tuple[str, dict[str, Any]]:
-    """The inventory's path and its entry for device ``name`` (read on every call, so the
-    inventory can change under a running server)."""
+def inventory() -> tuple[str, dict[str, dict[str, Any]]]:
+    """The inventory's path and its devices by name (read on every call, so the inventory can
+    change under a running server)."""
     path = os.environ.get("PROVISION_DEVICES")
     if not path:
         raise SettingsError("PROVISION_DEVICES is not set (path of the device inventory YAML)")
@@ -54,10 +54,56 @@ def inventory_entry(name: str) -> tuple[str, dict[str, Any]]:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise SettingsError(f"cannot read device inventory {path}: {exc}") from exc
-    entry: dict[str, Any] | None = (data.get("devices") or {}).get(name)
+    devices = data.get("devices") if isinstance(data, dict) else None
+    if not isinstance(devices, dict):
+        raise SettingsError(f"device inventory {path} has no `devices:` mapping")
+    return path, {str(k): v for k, v in devices.items() if isinstance(v, dict)}
+
+
+def inventory_entry(name: str) -> tuple[str, dict[str, Any]]:
+    """The inventory's path and its entry for device ``name``."""
+    path, devices = inventory()
+    entry = devices.get(name)
     if not entry:
         raise SettingsError(f"device {name!r} is not in the inventory {path}")
     return path, entry
+
+
+def _known(request: dict[str, Any], field: str, flavour: str) -> list[dict[str, str]]:
+    """The request check: ``request[field]`` names a device of this flavour in the inventory.
+    Run before the transaction starts, so an unknown device is a 422 and nothing is created
+    (no VM made for a device that cannot be configured). An unreadable inventory raises: the
+    request can be neither accepted nor refused (503)."""
+    _, devices = inventory()
+    name = request[field]
+    entry = devices.get(name)
+    have = sorted(n for n, e in devices.items() if e.get("flavour", "netconf") == flavour)
+    if entry is None:
+        message = f"no device {name!r} in the inventory (have: {', '.join(have) or 'none'})"
+    elif entry.get("flavour", "netconf") != flavour:
+        kind = entry.get("flavour", "netconf")
+        message = (
+            f"{name!r} is a {kind} device, not a {flavour} one (have: {', '.join(have) or 'none'})"
+        )
+    else:
+        return []
+    return [{"path": f"/{field}", "message": message}]
+
+
+def check_device(request: dict[str, Any]) -> list[dict[str, str]]:
+    """``request_check`` of ``POST /foo/bar``: the device is a NETCONF device of the inventory."""
+    return _known(request, "device", "netconf")
+
+
+def check_router(request: dict[str, Any]) -> list[dict[str, str]]:
+    """``request_check`` of ``POST /routes``: the router is an FRR router of the inventory."""
+    return _known(request, "router", "frr")
+
+
+def never_reached(ctx: Any) -> bool:
+    """The DO failed on its settings (e.g. the device left the inventory), which every DO here
+    reads before it opens any connection: it changed nothing, so its UNDO has nothing to do."""
+    return (ctx.error or {}).get("type") == SettingsError.__name__ and ctx.output is None
 
 
 def device(name: str) -> DeviceSettings:

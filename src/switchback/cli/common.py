@@ -14,24 +14,82 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import typer
-from rich.console import Console
-from rich.table import Table
+from rich import box
+from rich.console import Console, ConsoleDimensions
+from rich.table import Column, Table
 
 from switchback.engine import Engine, EngineError, RequestInvalid
-from switchback.model import App, AppLoadError, load_app
+from switchback.model import App, AppLoadError, RequestCheckFailed, load_app
 from switchback.store import StoreError, open_store
 from switchback.store.records import TxRecord
 
 T = TypeVar("T")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+
+class _Console(Console):
+    """Fits a terminal; when the output is a pipe or a file there is no width to fit (whatever
+    COLUMNS says): lines are never broken and tables show every value whole, one row per line,
+    so that `grep` and `cut` see what a person would."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        if not self.is_terminal:
+            return ConsoleDimensions(100_000, 25)
+        return super().size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+
+out = _Console(highlight=False)
+err = _Console(stderr=True, highlight=False)
+
+
+def column(header: str, *, whole: bool = False, clip: bool = False) -> Column:
+    """A table column. ``whole``: an identifier (xid, instance, callable, time), never shortened
+    nor broken. The others give way when a terminal is narrow: prose wraps between words,
+    ``clip`` (a JSON summary) stays on one line and ends with … (`--json` has it all)."""
+    if whole:
+        return Column(header, no_wrap=True, min_width=len(header))
+    if clip:  # wrappable, so a narrow terminal narrows it first; a long word ends with …
+        return Column(header, overflow="ellipsis")
+    return Column(header, overflow="fold")
+
+
+def table(*columns: Column | str, title: str | None = None) -> Table:
+    """Our one table style: a header rule, no boxes (the table's width is its content)."""
+    cols = [column(c) if isinstance(c, str) else c for c in columns]
+    return Table(
+        *cols,
+        title=title,
+        title_justify="left",
+        title_style="bold",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        show_edge=False,
+    )
+
+
+def print_table(t: Table, *, empty: str = "none") -> None:
+    """The table, or one line saying it is empty (never a header without rows)."""
+    if not t.row_count:
+        out.print(f"[bold]{t.title}[/bold]: {empty}" if t.title else empty)
+    elif out.is_terminal:
+        out.print(t)
+    else:  # no terminal: without the padding that fills each line up to the table's width
+        with out.capture() as captured:
+            out.print(t)
+        for line in captured.get().splitlines():
+            out.out(line.rstrip(), highlight=False)
+
 
 DataOpt = typer.Option(
     None,
     "--data",
     envvar="SWITCHBACK_DATA",
-    help="Data directory (SQLite store) [default: ./.switchback]",
+    help="Data directory: a local SQLite store, or where `switchback up` runs the platform "
+    "[default: ./.switchback]",
 )
 AppOpt = typer.Option(
     None,
@@ -55,6 +113,7 @@ ServerOpt = typer.Option(
     "(bearer token from SWITCHBACK_TOKEN)",
 )
 
+FINISHED = ("completed", "rolled_back")
 STATUS_STYLE = {
     "completed": "green", "rolled_back": "cyan", "running": "yellow", "waiting": "blue",
     "suspended": "red", "rolling_back": "magenta", "rollback_failed": "bold red",
@@ -119,7 +178,7 @@ def run_async(coro_fn: Callable[[], Awaitable[T]]) -> T:
         fail("the request does not match the scenario's schema")
     except EngineError as exc:
         fail(str(exc))
-    except StoreError as exc:  # e.g. the --db server cannot be reached: one line, no traceback
+    except (StoreError, RequestCheckFailed) as exc:  # e.g. the --db server cannot be reached
         fail(str(exc))
 
 
@@ -170,22 +229,42 @@ def short_json(value: Any, limit: int = 60) -> str:
 
 def print_tx(tx: dict[str, Any]) -> None:
     """Print a transaction given as the dict of TxRecord.to_dict() (local or from the API)."""
-    out.print(f"[bold]{tx['xid']}[/bold]  scenario [bold]{tx['scenario']}[/bold]  status {styled(tx['status'])}"
-              + (f"  reason {tx['reason']}" if tx.get("reason") else ""))  # fmt: skip
-    out.print(f"created {ts(tx['created_at'])}  updated {ts(tx['updated_at'])}")
-    table = Table("#", "block", "status", "tries", "output", "error / note")
+    out.print(f"[bold]xid {tx['xid']}[/bold]")
+    status = styled(tx["status"]) + (f" ({tx['reason']})" if tx.get("reason") else "")
+    at = tx.get("current_block")
+    out.print(
+        f"scenario {tx['scenario']} · status {status}"
+        + (f" · at block {tx['cursor']} {at}" if at and tx["status"] not in FINISHED else "")
+    )
+    out.print(f"created {ts(tx['created_at'])} · updated {ts(tx['updated_at'])}")
+    blocks = table(
+        column("#", whole=True),
+        column("block", whole=True),
+        column("status", whole=True),
+        column("tries", whole=True),
+        column("output", clip=True),
+        "error / note",
+        title="blocks",
+    )
     for b in tx["blocks"]:
         problem = b.get("undo_error") or b.get("error")
         text = f"{problem['type']}: {problem['message']}" if problem else (b.get("note") or "")
         tries = str(b["attempts"]) + (f" / undo {b['undo_attempts']}" if b["undo_attempts"] else "")
-        table.add_row(
+        blocks.add_row(
             str(b["index"]), b["name"], styled(b["status"]), tries, short_json(b["output"]), text
         )
-    out.print(table)
+    print_table(blocks)
     if tx.get("result") is not None:
         out.print(f"result: {short_json(tx['result'], 200)}")
     if tx.get("audit"):
-        audit = Table("when", "actor", "action", "reason", "input", title="audit")
+        audit = table(
+            column("when", whole=True),
+            column("actor", whole=True),
+            column("action", whole=True),
+            "reason",
+            column("input", clip=True),
+            title="audit",
+        )
         for a in tx["audit"]:
             audit.add_row(
                 ts(a["at"]),
@@ -194,7 +273,7 @@ def print_tx(tx: dict[str, Any]) -> None:
                 a.get("reason") or "",
                 short_json(a.get("input")),
             )
-        out.print(audit)
+        print_table(audit)
 
 
 def exit_code_for(tx: TxRecord | dict[str, Any]) -> int:
@@ -209,12 +288,13 @@ def api_call(
     *,
     body: Any = None,
     params: dict[str, Any] | None = None,
+    token: str | None = None,
 ) -> Any:
     """One admin API call (``switchback tx ... --server URL``). Errors exit with status 1 and
-    the server's message; the token comes from SWITCHBACK_TOKEN and is never printed."""
+    the server's message; the token (SWITCHBACK_TOKEN unless given) is never printed."""
     import httpx
 
-    token = os.environ.get("SWITCHBACK_TOKEN")
+    token = token or os.environ.get("SWITCHBACK_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     query = {k: v for k, v in (params or {}).items() if v is not None}
     try:

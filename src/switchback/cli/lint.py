@@ -7,7 +7,19 @@ from pathlib import Path
 
 import typer
 
-from switchback.cli.common import DataOpt, DbOpt, JsonOpt, engine_for, err, out, run_async, ts
+from switchback.cli.common import (
+    DataOpt,
+    DbOpt,
+    JsonOpt,
+    column,
+    engine_for,
+    err,
+    out,
+    print_table,
+    run_async,
+    table,
+    ts,
+)
 from switchback.model import lint_app
 from switchback.store.records import LockRecord
 
@@ -30,8 +42,7 @@ def locks(
     db: str | None = DbOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """List held resource locks and the transaction holding each."""
-    from rich.table import Table
+    """List held resource locks and the transaction holding each (on a store: --data, --db)."""
 
     async def go() -> list[LockRecord]:
         async with engine_for(data, None, db=db) as engine:
@@ -41,7 +52,7 @@ def locks(
     if as_json:
         out.print_json(json.dumps([lk.to_dict() for lk in held]))
         return
-    table = Table("key", "xid", "since")
+    t = table(column("key", whole=True), column("xid", whole=True), column("since", whole=True))
     for lk in held:
-        table.add_row(lk.key, lk.xid, ts(lk.acquired_at))
-    out.print(table)
+        t.add_row(lk.key, lk.xid, ts(lk.acquired_at))
+    print_table(t, empty="no lock is held")

@@ -2,15 +2,74 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
 import typer
+from typer.core import TyperGroup
+
+
+def _no_flag_metavars(command: Any) -> None:
+    """Typer's help shows ``<bool>`` beside every flag (``--wait/--no-wait <bool>``), which
+    reads as if the flag took a value: an empty metavar shows nothing (the help option too)."""
+    ctx = command.context_class(command)
+    for param in command.get_params(ctx):
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in (getattr(command, "commands", None) or {}).values():
+        _no_flag_metavars(sub)
+
+
+class _Group(TyperGroup):
+    """The root command: every command it hands out (and its own help) shows flags bare."""
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        cmd = super().get_command(ctx, cmd_name)
+        if cmd is not None:
+            _no_flag_metavars(cmd)
+        return cmd
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        _no_flag_metavars(self)
+        super().format_help(ctx, formatter)
+
 
 app = typer.Typer(
+    cls=_Group,
     name="switchback",
     help="Durable DO/UNDO transactions and zero-downtime blue/green releases.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _version() -> str:
+    try:
+        return version("switchback")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from switchback import __version__
+
+        return __version__
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"switchback {_version()}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    show_version: bool = typer.Option(
+        False,
+        "--version",
+        help="Print the version and exit.",
+        callback=_print_version,
+        is_eager=True,
+    ),
+) -> None:
+    """Durable DO/UNDO transactions and zero-downtime blue/green releases."""
 
 
 def _register() -> None:
@@ -30,12 +89,21 @@ def _register() -> None:
     from switchback.cli import serve
 
     app.command("serve")(serve.serve)
-    from switchback.cli import sidecar, xds
+    from switchback.cli import identity, k8s, sidecar, xds
 
     app.add_typer(xds.app, name="xds")
     app.add_typer(sidecar.app, name="sidecar")
+    app.add_typer(k8s.app, name="k8s")
+    app.add_typer(identity.app, name="users")
+
+
+def command() -> Any:
+    """The click command behind `switchback` (for tools that walk it, like the docs test)."""
+    return typer.main.get_command(app)
+
+
+_register()
 
 
 def main() -> None:
-    _register()
-    app()
+    app(prog_name="switchback")

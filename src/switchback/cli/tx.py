@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
 
+from switchback.cli import discovery
 from switchback.cli.common import (
     AppOpt,
     DataOpt,
@@ -18,20 +21,108 @@ from switchback.cli.common import (
     ServerOpt,
     actor,
     api_call,
+    column,
+    data_dir,
     engine_for,
+    err,
     exit_code_for,
+    fail,
     out,
+    print_table,
     print_tx,
     read_json_file,
     run_async,
     short_json,
     styled,
-    ts,
+    table,
 )
 from switchback.engine import Engine
 from switchback.store.records import TX_STATUSES, TxRecord
 
-app = typer.Typer(help="Inspect transactions and decide on parked ones.", no_args_is_help=True)
+app = typer.Typer(
+    help="Inspect transactions and decide on parked ones. Which store: the environment of the "
+    "platform running in DATA (`switchback up`, `make up`) if there is one, else the local store "
+    "in DATA; --env, --data, --db and --server pick another. The first line (on stderr) says "
+    "which one was read.",
+    no_args_is_help=True,
+)
+
+EnvOpt = typer.Option(
+    None,
+    "--env",
+    "-e",
+    envvar="SWITCHBACK_ENV",
+    help="An environment of the platform running in DATA: act through its admin API "
+    "[default: its only one, or production]",
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a `tx` command reads and decides: an admin API (``server``) or a store."""
+
+    label: str
+    server: str | None = None
+    token: str | None = None
+    data: Path | None = None
+    db: str | None = None
+
+    def say(self) -> None:
+        err.print(f"[dim]{self.label} · another: --env, --data, --db or --server[/dim]")
+
+
+def _where(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _redacted(url: str) -> str:
+    """A store URL without its password, for a header line."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.hostname or ""
+        netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
+def target(
+    server: str | None, db: str | None, data: Path | None, env: str | None, *, quiet: bool = False
+) -> Target:
+    """The one rule: --server, else --db, else the platform running in DATA (its environment,
+    through its API, so decisions run where the app's settings are), else DATA's local store."""
+    token = os.environ.get("SWITCHBACK_TOKEN")
+    if server:
+        t = Target(f"admin API {server}", server=server, token=token)
+    elif db:
+        t = Target(f"store {_redacted(db)}", db=db)
+    else:
+        ctl = discovery.running_controller(data)
+        if ctl is None and env:
+            fail(
+                f"--env {env}: no platform runs in {_where(data_dir(data))} "
+                "(start it with `make up` or `switchback up APP_DIR`, or give --data DIR)"
+            )
+        if ctl is not None:
+            try:
+                e = discovery.environment(ctl, env)
+            except discovery.DiscoveryError as exc:
+                fail(str(exc))
+            t = Target(
+                f"environment {e.name} of the platform in {_where(ctl.data)} ({e.url})",
+                server=e.url,
+                token=token or e.token,
+            )
+        else:
+            where = _where(data_dir(data) / "switchback.db")
+            t = Target(f"local store {where}", data=data)
+    if not quiet:
+        t.say()
+    return t
 
 
 def _show(tx: TxRecord | dict[str, Any], as_json: bool) -> None:
@@ -42,30 +133,24 @@ def _show(tx: TxRecord | dict[str, Any], as_json: bool) -> None:
         print_tx(data)
 
 
-def _remote(server: str, path: str, body: Any, as_json: bool) -> None:
-    """A decision through the HTTP API: show the transaction, exit like the local command."""
-    tx = api_call(server, "POST", path, body=body)
-    _show(tx, as_json)
-    raise typer.Exit(exit_code_for(tx))
-
-
 def _decide(
     act: Callable[[Engine], Awaitable[TxRecord]],
     *,
-    remote: tuple[str | None, str, Any],
-    data: Path | None,
-    db: str | None,
+    remote: tuple[str, Any],
+    to: Target,
     app_dir: Path | None,
     as_json: bool,
 ) -> None:
-    """One decision, through the API (``remote`` = server, path, body) or on the local store;
-    shows the transaction and exits 0 (settled) or 2 (parked)."""
-    server, path, body = remote
-    if server:
-        _remote(server, path, body, as_json)
+    """One decision, through the API (``remote`` = path, body) or on a store; shows the
+    transaction and exits 0 (settled) or 2 (parked)."""
+    if to.server:
+        path, body = remote
+        tx = api_call(to.server, "POST", path, body=body, token=to.token)
+        _show(tx, as_json)
+        raise typer.Exit(exit_code_for(tx))
 
     async def go() -> TxRecord:
-        async with engine_for(data, app_dir, db=db) as engine:
+        async with engine_for(to.data, app_dir, db=to.db) as engine:
             return await act(engine)
 
     tx = run_async(go)
@@ -91,6 +176,13 @@ def run(
     Exit status: 0 completed, 2 parked (suspended / rollback_failed), 1 error.
     """
     request = read_json_file(input) if input else {}
+    if not db and discovery.running_controller(data) is not None and not as_json:
+        # `tx` commands would show the platform's environment by default, not this store.
+        where = data_dir(data) / "switchback.db"
+        err.print(
+            f"[dim]local store {_where(where)}, not the platform that runs in "
+            f"{_where(data_dir(data))}; `tx` commands read it with --db sqlite:///{where}[/dim]"
+        )
 
     async def go() -> TxRecord:
         async with engine_for(data, app_dir, remember_app=True, db=db) as engine:
@@ -111,6 +203,10 @@ def list_(
     scenario: str | None = typer.Option(None, "--scenario"),
     limit: int = typer.Option(50, "--limit", min=1, max=1000),
     cursor: str | None = typer.Option(None, "--cursor", help="Continue after a previous page"),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Only the xids, one a line (for scripts: xid=$(... | head -1))"
+    ),
+    env: str | None = EnvOpt,
     data: Path | None = DataOpt,
     db: str | None = DbOpt,
     as_json: bool = JsonOpt,
@@ -121,35 +217,56 @@ def list_(
         raise typer.BadParameter(
             f"unknown status {status!r}; one of: {', '.join(TX_STATUSES)}", param_hint="--status"
         )
-    if server:
+    to = target(server, db, data, env, quiet=quiet or as_json)
+    if to.server:
         params = {"status": status, "scenario": scenario, "limit": limit, "cursor": cursor}
-        body = api_call(server, "GET", "/transactions", params=params)
-        _print_list(body["transactions"], body["next_cursor"], as_json)
+        body = api_call(to.server, "GET", "/transactions", params=params, token=to.token)
+        _print_list(body["transactions"], body["next_cursor"], as_json, quiet)
         return
 
     async def go() -> tuple[list[TxRecord], str | None]:
-        async with engine_for(data, None, db=db) as engine:
+        async with engine_for(to.data, None, db=to.db) as engine:
             return await engine.list(status=status, scenario=scenario, limit=limit, cursor=cursor)
 
     page, nxt = run_async(go)
-    _print_list([_summary(t) for t in page], nxt, as_json)
+    _print_list([_summary(t) for t in page], nxt, as_json, quiet)
 
 
-def _print_list(page: list[dict[str, Any]], nxt: str | None, as_json: bool) -> None:
+def _age(t: float) -> str:
+    """How long ago, in the largest whole unit (like kubectl's AGE): 45s, 12m, 3h, 9d."""
+    s = max(0, int(time.time() - t))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+def _print_list(page: list[dict[str, Any]], nxt: str | None, as_json: bool, quiet: bool) -> None:
     if as_json:
         out.print_json(json.dumps({"transactions": page, "next_cursor": nxt}))
         return
-    table = Table("xid", "scenario", "status", "block", "reason", "created")
-    for t in page:
-        table.add_row(
-            t["xid"],
-            t["scenario"],
-            styled(t["status"]),
-            str(t["cursor"]),
-            t["reason"] or "",
-            ts(t["created_at"]),
+    if quiet:
+        for t in page:
+            out.print(t["xid"])
+        return
+    t = table(
+        column("xid", whole=True),
+        column("scenario", whole=True),
+        column("status", whole=True),
+        column("#", whole=True),
+        "reason",
+        column("age", whole=True),
+    )
+    for row in page:
+        t.add_row(
+            row["xid"],
+            row["scenario"],
+            styled(row["status"]),
+            str(row["cursor"]),
+            row["reason"] or "",
+            _age(row["created_at"]),
         )
-    out.print(table)
+    print_table(t, empty="no transactions")
     if nxt:
         out.print(f"more: --cursor {nxt}")
 
@@ -164,21 +281,26 @@ def _summary(t: TxRecord) -> dict[str, Any]:
             "cursor": t.cursor, "created_at": t.created_at, "updated_at": t.updated_at}  # fmt: skip
 
 
+XidArg = typer.Argument(..., help="Transaction id (as `tx list` shows it)")
+
+
 @app.command()
 def show(
-    xid: str,
+    xid: str = XidArg,
+    env: str | None = EnvOpt,
     data: Path | None = DataOpt,
     db: str | None = DbOpt,
     as_json: bool = JsonOpt,
     server: str | None = ServerOpt,
 ) -> None:
     """Blocks with status, tries, output and error; the audit trail."""
-    if server:
-        _show(api_call(server, "GET", f"/transactions/{xid}"), as_json)
+    to = target(server, db, data, env, quiet=as_json)
+    if to.server:
+        _show(api_call(to.server, "GET", f"/transactions/{xid}", token=to.token), as_json)
         return
 
     async def go() -> TxRecord:
-        async with engine_for(data, None, db=db) as engine:
+        async with engine_for(to.data, None, db=to.db) as engine:
             return await engine.get(xid)
 
     _show(run_async(go), as_json)
@@ -186,12 +308,13 @@ def show(
 
 @app.command()
 def rollforward(
-    xid: str,
+    xid: str = XidArg,
     input: Path | None = typer.Option(
         None, "--input", "-i", help="Corrected request (JSON file); validated again"
     ),
     from_block: str | None = typer.Option(None, "--from", help="Start from this (earlier) block"),
     reason: str | None = typer.Option(None, "--reason", "-r"),
+    env: str | None = EnvOpt,
     data: Path | None = DataOpt,
     db: str | None = DbOpt,
     app_dir: Path | None = AppOpt,
@@ -203,15 +326,16 @@ def rollforward(
     body = _present({"request": request, "from": from_block, "reason": reason})
     _decide(
         lambda e: e.rollforward(xid, actor=actor(), reason=reason, request=request, from_block=from_block),
-        remote=(server, f"/transactions/{xid}/rollforward", body),
-        data=data, db=db, app_dir=app_dir, as_json=as_json,
+        remote=(f"/transactions/{xid}/rollforward", body),
+        to=target(server, db, data, env, quiet=as_json), app_dir=app_dir, as_json=as_json,
     )  # fmt: skip
 
 
 @app.command()
 def rollback(
-    xid: str,
+    xid: str = XidArg,
     reason: str | None = typer.Option(None, "--reason", "-r"),
+    env: str | None = EnvOpt,
     data: Path | None = DataOpt,
     db: str | None = DbOpt,
     app_dir: Path | None = AppOpt,
@@ -221,15 +345,16 @@ def rollback(
     """UNDO every block that ran, newest first (or retry a failed rollback)."""
     _decide(
         lambda e: e.rollback(xid, actor=actor(), reason=reason),
-        remote=(server, f"/transactions/{xid}/rollback", _present({"reason": reason})),
-        data=data, db=db, app_dir=app_dir, as_json=as_json,
+        remote=(f"/transactions/{xid}/rollback", _present({"reason": reason})),
+        to=target(server, db, data, env, quiet=as_json), app_dir=app_dir, as_json=as_json,
     )  # fmt: skip
 
 
 @app.command()
 def pause(
-    xid: str,
+    xid: str = XidArg,
     reason: str | None = typer.Option(None, "--reason", "-r"),
+    env: str | None = EnvOpt,
     data: Path | None = DataOpt,
     db: str | None = DbOpt,
     app_dir: Path | None = AppOpt,
@@ -240,15 +365,16 @@ def pause(
     next does not start), a waiting one at once; `rollforward` goes on, `rollback` undoes."""
     _decide(
         lambda e: e.pause(xid, actor=actor(), reason=reason),
-        remote=(server, f"/transactions/{xid}/pause", _present({"reason": reason})),
-        data=data, db=db, app_dir=app_dir, as_json=as_json,
+        remote=(f"/transactions/{xid}/pause", _present({"reason": reason})),
+        to=target(server, db, data, env, quiet=as_json), app_dir=app_dir, as_json=as_json,
     )  # fmt: skip
 
 
 @app.command()
 def compensated(
-    xid: str,
+    xid: str = XidArg,
     reason: str = typer.Option(..., "--reason", "-r", help="What was done by hand (required)"),
+    env: str | None = EnvOpt,
     data: Path | None = DataOpt,
     db: str | None = DbOpt,
     app_dir: Path | None = AppOpt,
@@ -258,17 +384,18 @@ def compensated(
     """Mark the failed UNDO as compensated by hand; the rollback goes on with older blocks."""
     _decide(
         lambda e: e.mark_compensated(xid, actor=actor(), reason=reason),
-        remote=(server, f"/transactions/{xid}/compensated", {"reason": reason}),
-        data=data, db=db, app_dir=app_dir, as_json=as_json,
+        remote=(f"/transactions/{xid}/compensated", {"reason": reason}),
+        to=target(server, db, data, env, quiet=as_json), app_dir=app_dir, as_json=as_json,
     )  # fmt: skip
 
 
 @app.command()
 def signal(
-    xid: str,
-    name: str,
+    xid: str = XidArg,
+    name: str = typer.Argument(..., help="Signal name (a `wait` block's)"),
     payload: Path | None = typer.Option(None, "--payload", help="Signal payload (JSON file)"),
     reason: str | None = typer.Option(None, "--reason", "-r"),
+    env: str | None = EnvOpt,
     data: Path | None = DataOpt,
     db: str | None = DbOpt,
     app_dir: Path | None = AppOpt,
@@ -279,14 +406,15 @@ def signal(
     body = read_json_file(payload)
     _decide(
         lambda e: e.signal(xid, name, body, actor=actor(), reason=reason),
-        remote=(server, f"/transactions/{xid}/signals/{name}", _present({"payload": body, "reason": reason})),
-        data=data, db=db, app_dir=app_dir, as_json=as_json,
+        remote=(f"/transactions/{xid}/signals/{name}", _present({"payload": body, "reason": reason})),
+        to=target(server, db, data, env, quiet=as_json), app_dir=app_dir, as_json=as_json,
     )  # fmt: skip
 
 
 @app.command()
 def plan(
-    xid: str,
+    xid: str = XidArg,
+    env: str | None = EnvOpt,
     data: Path | None = DataOpt,
     db: str | None = DbOpt,
     app_dir: Path | None = AppOpt,
@@ -294,42 +422,65 @@ def plan(
     server: str | None = ServerOpt,
 ) -> None:
     """Dry run: what a rollforward and a rollback would run, in order, with their inputs."""
+    to = target(server, db, data, env, quiet=as_json)
 
     async def go() -> dict[str, Any]:
-        async with engine_for(data, app_dir, db=db) as engine:
+        async with engine_for(to.data, app_dir, db=to.db) as engine:
             return await engine.plan(xid)
 
-    p = api_call(server, "GET", f"/transactions/{xid}/plan") if server else run_async(go)
+    if to.server:
+        p = api_call(to.server, "GET", f"/transactions/{xid}/plan", token=to.token)
+    else:
+        p = run_async(go)
     if as_json:
         out.print_json(json.dumps(p))
         return
-    out.print(f"[bold]{p['xid']}[/bold] is {styled(p['status'])}")
-    for title, key in (("rollforward would run", "rollforward"), ("after the signal, would run", "resume_after_signal"),
-                       ("rollback would run", "rollback")):  # fmt: skip
+    out.print(f"[bold]xid {p['xid']}[/bold] is {styled(p['status'])}")
+    shown = 0
+    for title, key in (("a rollforward would run", "rollforward"), ("after the signal, it would run", "resume_after_signal"),
+                       ("a rollback would run", "rollback")):  # fmt: skip
         steps = p[key]
         if not steps:
             continue
-        table = Table("#", "block", "action", "callable", "input", title=title)
-        for n, s in enumerate(steps, 1):
+        shown += 1
+        # In the order they would run; "#" is the block's index, as in `tx show`.
+        t = table(
+            column("#", whole=True),
+            column("block", whole=True),
+            column("action", whole=True),
+            column("callable", whole=True),
+            column("input", clip=True),
+            title=title,
+        )
+        for s in steps:
             inp = s.get("do_output") if key == "rollback" else s.get("request")
-            table.add_row(
-                str(n),
+            t.add_row(
+                str(s.get("index", "?")),
                 s["block"],
                 s["action"],
                 s.get("callable") or s.get("signal") or "",
                 short_json(inp),
             )
-        out.print(table)
+        print_table(t)
+    if not shown:
+        out.print("no decision applies: nothing would run")
 
 
 @app.command()
 def recover(
     data: Path | None = DataOpt, db: str | None = DbOpt, app_dir: Path | None = AppOpt
 ) -> None:
-    """Take over transactions whose process died and apply the in-doubt rules."""
+    """Take over transactions whose process died and apply the in-doubt rules (on a store; a
+    running platform's `transaction` role does this on its own)."""
+    to = target(None, db, data, None)
+    if to.server:
+        fail(
+            "the platform's transaction role recovers its environment's transactions on its own; "
+            "`tx recover` acts on a store (--db URL)"
+        )
 
     async def go() -> list[str]:
-        async with engine_for(data, app_dir, db=db) as engine:
+        async with engine_for(to.data, app_dir, db=to.db) as engine:
             taken = await engine.recover()
             for xid in taken:
                 await engine.wait(xid)

@@ -5,16 +5,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import typer
-from rich.console import Console
-from rich.table import Table
+
+from switchback.cli.common import column, err, out, print_table, table
 
 app = typer.Typer(help="Our xDS control plane for the Envoy sidecars.", no_args_is_help=True)
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 
 AdminOpt = typer.Option(
     "http://127.0.0.1:18001",
@@ -33,6 +32,11 @@ def _call(method: str, url: str, **kw: Any) -> Any:
         r = httpx.request(method, url, timeout=kw.pop("timeout", 30.0), **kw)
     except httpx.HTTPError as e:
         err.print(f"[red]cannot reach the control plane at {url}: {e}[/red]")
+        if "127.0.0.1:18001" in url:
+            err.print(
+                "no platform runs in this data directory (`switchback up`, `make up`: give its "
+                "--data DIR) and no `switchback xds serve` answers there (give its --admin URL)"
+            )
         raise typer.Exit(2) from e
     if r.status_code >= 400:
         err.print(f"[red]{r.status_code}: {r.text}[/red]")
@@ -72,25 +76,44 @@ def _ago(t: float | None) -> str:
 
 
 @app.command()
-def status(admin: str = AdminOpt, selector: str = SelectorOpt, as_json: bool = JsonOpt) -> None:
+def status(
+    admin: str | None = typer.Option(
+        None,
+        "--admin",
+        envvar="SWITCHBACK_XDS_ADMIN",
+        help="Admin URL of a standalone control plane (`xds serve`) "
+        "[default: the controller `switchback up` runs in DATA, else http://127.0.0.1:18001]",
+    ),
+    selector: str = SelectorOpt,
+    as_json: bool = JsonOpt,
+    data: Path = typer.Option(
+        Path(".switchback"),
+        "--data",
+        envvar="SWITCHBACK_DATA",
+        help="Data directory of the platform that `switchback up` / `make up` started",
+    ),
+) -> None:
     """Nodes with connection state, versions sent/ACKed and the last NACK."""
-    data = _call("GET", f"{admin}/nodes", params={"selector": selector})
+    from switchback.cli.discovery import xds_nodes_endpoint
+
+    url, headers, where = xds_nodes_endpoint(admin, data)
+    listing = _call("GET", url, params={"selector": selector}, headers=headers)
     if as_json:
-        out.print_json(json.dumps(data))
+        out.print_json(json.dumps(listing))
         return
-    table = Table(title=f"xDS nodes ({len(data['nodes'])})")
-    for col in (
-        "node",
-        "kind/role/version",
-        "conn",
-        "api",
-        "version",
-        "acked",
-        "sent/acked per type",
+    err.print(f"[dim]nodes of {where}[/dim]")
+    nodes = table(
+        column("node", whole=True),
+        column("kind/role/version", whole=True),
+        column("conn", whole=True),
+        column("api", whole=True),
+        column("version", whole=True),
+        column("acked", whole=True),
+        column("sent/acked per type", whole=True),
         "last NACK",
-    ):
-        table.add_column(col)
-    for n in data["nodes"]:
+        title=f"xDS nodes ({len(listing['nodes'])})",
+    )
+    for n in listing["nodes"]:
         md = n["metadata"]
         # Per type: ✓ ACKed, … response in flight, - nothing ACKed yet (numbers: --json).
         types = " ".join(
@@ -98,7 +121,7 @@ def status(admin: str = AdminOpt, selector: str = SelectorOpt, as_json: bool = J
             for t, s in n["types"].items()
         )
         nack = n["last_nack"]
-        table.add_row(
+        nodes.add_row(
             n["id"],
             "/".join(str(md.get(k, "-")) for k in ("kind", "role", "version")),
             "[green]up[/green]"
@@ -108,9 +131,9 @@ def status(admin: str = AdminOpt, selector: str = SelectorOpt, as_json: bool = J
             str(n["version"]),
             ("[green]" if n["in_sync"] else "[yellow]") + str(n["acked_version"]) + "[/]",
             types,
-            f"[red]{nack['type']} v{nack['version']}: {nack['error'][:60]}[/red]" if nack else "",
+            f"[red]{nack['type']} v{nack['version']}: {nack['error']}[/red]" if nack else "",
         )
-    out.print(table)
+    print_table(nodes, empty="no node has connected")
 
 
 def _selector_arg(text: str) -> dict[str, Any]:

@@ -589,6 +589,7 @@ class Engine:
                 b = sc.blocks[i]
                 forward.append(
                     {
+                        "index": i,
                         "block": b.name,
                         "action": "wait" if b.is_wait else "do",
                         "callable": b.do_ref,
@@ -602,6 +603,7 @@ class Engine:
                 b, rec = sc.blocks[i], tx.blocks[i]
                 backward.append(
                     {
+                        "index": i,
                         "block": b.name,
                         "action": "undo" if b.undo else "nothing (no undo defined)",
                         "callable": b.undo_ref,

@@ -55,7 +55,7 @@ from switchback.gateway.http import (
 from switchback.gateway.logs import current_xid
 from switchback.gateway.metrics import CONTENT_TYPE_LATEST, Metrics
 from switchback.gateway.openapi import DECISION_BODIES, build_openapi, public_request_schema
-from switchback.model import App, Scenario
+from switchback.model import App, RequestCheckFailed, Scenario
 from switchback.store import Store, open_store
 from switchback.store.records import (
     ACTIVE,
@@ -553,6 +553,8 @@ class ScenarioFastPath:
                 response = exc.response()
             except EngineError as exc:
                 response = await _engine_error(request, exc)
+            except RequestCheckFailed as exc:
+                response = await _check_failed(request, exc)
             except ClientDisconnect:
                 return
             except Exception:
@@ -678,6 +680,13 @@ async def _engine_error(request: Request, exc: Exception) -> Response:
     return error_response(500, "internal error", {"type": type(exc).__name__})
 
 
+async def _check_failed(request: Request, exc: Exception) -> Response:
+    # The scenario's request check could not decide (its inventory is unreadable, ...): the
+    # request is neither accepted nor refused, nothing was started; another try may succeed.
+    log.error("request check failed: %s", exc)
+    return error_response(503, "the request could not be checked", {"message": str(exc)})
+
+
 async def _internal_error(request: Request, exc: Exception) -> Response:
     # Logged by the server with its traceback; the caller never sees one.
     return error_response(500, "internal error", None)
@@ -700,6 +709,7 @@ def create_app(
             HTTPError: _http_error,
             HTTPException: _starlette_error,
             EngineError: _engine_error,
+            RequestCheckFailed: _check_failed,
             Exception: _internal_error,
         },
     )

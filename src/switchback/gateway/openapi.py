@@ -230,6 +230,7 @@ def _errors(*codes: int) -> dict[str, Any]:
         413: "request body over the configured limit",
         415: "body is not application/json",
         422: "validation failed: every violation with its JSON pointer",
+        503: "the scenario's request check could not decide (nothing was started)",
     }
     out: dict[str, Any] = {}
     for c in codes:
@@ -286,6 +287,7 @@ def _scenario_operation(sc: Scenario, config: GatewayConfig) -> dict[str, Any]:
         },
     ]
     codes = [400, 409, 413, 415, 422] + ([401] if config.scenario_auth else [])
+    codes += [503] if sc.request_check else []
     responses = {
         "200": _json(_ref("Completed"), "completed; `result` is the result block's output"),
         "202": _json(

@@ -5,6 +5,7 @@ from switchback.model.builder import BlockHandle, ScenarioBuilder, scenario
 from switchback.model.definitions import (
     App,
     Block,
+    RequestCheckFailed,
     RetryPolicy,
     Scenario,
     TransactionOptions,
@@ -17,6 +18,7 @@ __all__ = [
     "Block",
     "BlockHandle",
     "Problem",
+    "RequestCheckFailed",
     "RetryPolicy",
     "Scenario",
     "ScenarioBuilder",

@@ -19,6 +19,7 @@ from typing import Any
 from switchback.model.definitions import (
     Block,
     BlockFn,
+    CheckFn,
     RetryPolicy,
     Scenario,
     TransactionOptions,
@@ -76,6 +77,13 @@ class ScenarioBuilder(Scenario):
             return BlockHandle(b)
 
         return decorate
+
+    def check(self, fn: CheckFn) -> CheckFn:
+        """``@scenario.check``: the scenario's ``request_check``, what the schema cannot say,
+        checked before anything is created (see :data:`~switchback.model.definitions.CheckFn`)."""
+        self.request_check = fn
+        self.request_check_ref = _ref(fn)
+        return fn
 
     def wait(self, signal: str, *, name: str | None = None, timeout: float | None = None) -> Block:
         if signal.startswith("__"):

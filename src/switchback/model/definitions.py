@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Literal
@@ -11,6 +11,15 @@ from typing import Any, Literal
 from jsonschema import Draft202012Validator
 
 BlockFn = Callable[..., Any]
+# A scenario's request check: called with a request that matches the schema, before anything is
+# created; returns the problems it finds (``{"path": JSON pointer, "message": ...}``), or nothing.
+CheckFn = Callable[[Any], Iterable[dict[str, str]] | None]
+
+
+class RequestCheckFailed(Exception):
+    """The scenario's request check itself failed (e.g. the inventory it reads is unreadable):
+    the request can be neither accepted nor refused; nothing was started."""
+
 
 METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
 
@@ -86,6 +95,9 @@ class Scenario:
     result: str | None = None
     description: str | None = None
     source: str | None = None
+    # What JSON Schema cannot say (a device that must be in an inventory read at run time).
+    request_check: CheckFn | None = None
+    request_check_ref: str | None = None
 
     @cached_property
     def validator(self) -> Draft202012Validator:
@@ -94,14 +106,37 @@ class Scenario:
         )
 
     def validate_request(self, body: Any) -> list[dict[str, str]]:
-        """Every violation of the request schema, as ``{"path": JSON pointer, "message": ...}``."""
+        """Every violation of the request schema, as ``{"path": JSON pointer, "message": ...}``;
+        when there is none, every problem the scenario's ``request_check`` finds. Raises
+        :class:`RequestCheckFailed` when the check cannot decide."""
         out = []
         for err in self.validator.iter_errors(body):
             pointer = "".join(
                 f"/{str(p).replace('~', '~0').replace('/', '~1')}" for p in err.absolute_path
             )
             out.append({"path": pointer or "/", "message": err.message})
+        if not out and self.request_check is not None:
+            out = self._checked(body)
         return sorted(out, key=lambda v: (v["path"], v["message"]))
+
+    def _checked(self, body: Any) -> list[dict[str, str]]:
+        assert self.request_check is not None
+        try:
+            found = list(self.request_check(body) or ())
+        except Exception as exc:
+            raise RequestCheckFailed(
+                f"scenario {self.name!r}: the request check {self.request_check_ref or ''} failed: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        problems = []
+        for p in found:
+            if not isinstance(p, dict) or "message" not in p:
+                raise RequestCheckFailed(
+                    f"scenario {self.name!r}: the request check returned {p!r}; "
+                    'expected {"path": "/field", "message": "..."}'
+                )
+            problems.append({"path": str(p.get("path") or "/"), "message": str(p["message"])})
+        return problems
 
     def block_index(self, name: str) -> int:
         for i, b in enumerate(self.blocks):

@@ -12,11 +12,9 @@ import importlib.util
 import re
 import sys
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from jsonschema import Draft202012Validator
 
 from switchback.model.definitions import (
@@ -27,17 +25,9 @@ from switchback.model.definitions import (
     Scenario,
     TransactionOptions,
 )
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    line: int | None
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line else self.file
-        return f"{where}: {self.message}"
+from switchback.yamlfile import Problem, read_yaml, shape_problems
+from switchback.yamlfile import line_of as _line
+from switchback.yamlfile import path_text as _path_text
 
 
 class AppLoadError(Exception):
@@ -60,6 +50,7 @@ SCENARIO_SHAPE: dict[str, Any] = {
         "method": {"enum": list(METHODS) + [m.lower() for m in METHODS]},
         "path": {"type": "string", "pattern": r"^/"},
         "request": {"type": ["object", "boolean"]},
+        "request_check": _REF,
         "result": {"type": "string"},
         "transaction": {
             "type": "object",
@@ -105,36 +96,6 @@ SCENARIO_SHAPE: dict[str, Any] = {
 }
 _SHAPE = Draft202012Validator(SCENARIO_SHAPE)
 _META = Draft202012Validator(Draft202012Validator.META_SCHEMA)
-_SCALARS = yaml.SafeLoader("")
-
-
-def _to_python(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> Any:
-    """Turn a composed YAML node into Python data, remembering the line of every path."""
-    lines[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        out: dict[Any, Any] = {}
-        for key_node, value_node in node.value:
-            key = _to_python(key_node, (*path, "<key>"), {})
-            lines[(*path, key)] = key_node.start_mark.line + 1
-            out[key] = _to_python(value_node, (*path, key), lines)
-            lines[(*path, key)] = key_node.start_mark.line + 1
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_to_python(v, (*path, i), lines) for i, v in enumerate(node.value)]
-    return _SCALARS.construct_object(node, deep=True)  # a scalar, typed as safe_load would
-
-
-def _line(lines: dict[tuple[Any, ...], int], path: tuple[Any, ...]) -> int | None:
-    while path not in lines and path:
-        path = path[:-1]
-    return lines.get(path)
-
-
-def _path_text(path: tuple[Any, ...]) -> str:
-    out = ""
-    for p in path:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out
 
 
 class _AppLoader:
@@ -174,36 +135,16 @@ class _AppLoader:
 
     def load_yaml(self, file: Path) -> Scenario | None:
         rel = file.relative_to(self.root.parent) if file.is_relative_to(self.root.parent) else file
-        try:
-            node = yaml.compose(file.read_text(encoding="utf-8"), Loader=yaml.SafeLoader)
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark
-            self.problem(rel, mark.line + 1 if mark else None, f"invalid YAML: {exc.problem}")
+        doc = read_yaml(file, rel)
+        if isinstance(doc, Problem):
+            self.problems.append(doc)
             return None
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            self.problem(rel, None, f"cannot read: {exc}")
-            return None
-        if node is None:
+        if doc.data is None:
             self.problem(rel, None, "empty file: a scenario needs at least 'name' and 'blocks'")
             return None
-        lines: dict[tuple[Any, ...], int] = {}
-        data = _to_python(node, (), lines)
+        data, lines = doc.data, doc.lines
         before = len(self.problems)
-        for err in sorted(_SHAPE.iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
-            path = tuple(err.absolute_path)
-            if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-                allowed = set(err.schema.get("properties", {}))
-                for key in sorted(set(err.instance) - allowed, key=str):
-                    where = _path_text(path) or "scenario"
-                    self.problem(
-                        rel,
-                        _line(lines, (*path, key)),
-                        f"unknown key {key!r} in {where} (allowed: {', '.join(sorted(allowed))})",
-                    )
-                continue
-            self.problem(
-                rel, _line(lines, path), f"{_path_text(path) or 'scenario'}: {err.message}"
-            )
+        self.problems.extend(shape_problems(_SHAPE, doc, str(rel), "scenario"))
         if len(self.problems) > before:
             return None
         return self.build(data, rel, lines)
@@ -297,6 +238,11 @@ class _AppLoader:
                         _line(lines, ("transaction", "lock_keys", j)),
                         f"lock key {key!r} uses {{{field_name}}}, which is not a property of the request schema",
                     )
+        check = None
+        if "request_check" in data:
+            check = self.resolve(
+                data["request_check"], rel, _line(lines, ("request_check",)), "request_check"
+            )
         if len(self.problems) > before:
             return None
         return Scenario(
@@ -315,6 +261,8 @@ class _AppLoader:
             result=result,
             description=data.get("description"),
             source=f"{rel}:{_line(lines, ()) or 1}",
+            request_check=check,
+            request_check_ref=data.get("request_check"),
         )
 
     # -- Python scenarios ----------------------------------------------------------------------

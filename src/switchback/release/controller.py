@@ -83,6 +83,7 @@ class Controller:
         self.engine = Engine(release_app(), open_store(self.data / "controller"))
         self._stop = asyncio.Event()
         self._background: set[asyncio.Future[Any]] = set()  # aborts under way
+        self._aborting: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -363,9 +364,11 @@ class Controller:
         )
         log.info(f"{action} of a running release", extra={"xid": tx.xid, "step": step,
                                                           "actor": actor})  # fmt: skip
+        self._aborting.add(tx.xid)  # before the answer: a client that follows sees it at once
         task = asyncio.ensure_future(self._pause_then_rollback(tx.xid, action, actor, reason))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._abort_ended)
         if not wait:
             return JSONResponse({**self._release_detail(tx), "note": note}, 202)
         try:
@@ -373,6 +376,11 @@ class Controller:
         except DecisionRefused as exc:
             return JSONResponse({"error": str(exc), "note": note}, 409)
         return JSONResponse({**self._release_detail(done), "note": note})
+
+    @staticmethod
+    def _abort_ended(task: asyncio.Future[TxRecord]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("abort not done", extra={"error": f"{type(exc).__name__}: {exc}"})
 
     async def _pause_then_rollback(
         self, xid: str, action: str, actor: str, reason: str | None
@@ -406,6 +414,7 @@ class Controller:
             return await self.engine.rollback(xid, actor=actor, reason=why, wait=True)
         finally:
             release_scenario.abort_done(xid)
+            self._aborting.discard(xid)
 
     async def _find(self, request: Request) -> TxRecord:
         """``latest`` (optionally ``?environment=``) means the newest release, if any."""
@@ -429,9 +438,10 @@ class Controller:
                 "created_at": tx.created_at, "cursor": tx.cursor,
                 "warnings": release_scenario.warnings([b.to_dict() for b in tx.blocks])}  # fmt: skip
 
-    @staticmethod
-    def _release_detail(tx: TxRecord) -> dict[str, Any]:
+    def _release_detail(self, tx: TxRecord) -> dict[str, Any]:
         d = tx.to_dict()
+        # An abort of this running release is under way (it parks, then rolls back).
+        d["aborting"] = tx.xid in self._aborting
         d["step"] = d["current_block"]
         d["warnings"] = release_scenario.warnings(d["blocks"])
         return d

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 app = typer.Typer(
@@ -37,5 +39,14 @@ def _register() -> None:
 
 
 def main() -> None:
+    from switchback import datadir
+
+    try:
+        # Everything this process and its children create (data dir, store, logs, keys) is
+        # private unless SWITCHBACK_UMASK says otherwise (see switchback/datadir.py).
+        datadir.apply_umask()
+    except ValueError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from None
     _register()
     app()

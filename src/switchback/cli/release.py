@@ -12,6 +12,7 @@ import httpx
 import typer
 from rich.table import Table
 
+from switchback import datadir
 from switchback.cli.common import actor, err, fail, out, print_tx, styled
 from switchback.release.controller import Controller, read_info
 from switchback.runtime import processes
@@ -68,7 +69,7 @@ def _ensure_controller(data: Path, timeout: float = 30) -> None:
     info = read_info(data)
     if info and processes.alive(info.get("pid")):
         return
-    data.mkdir(parents=True, exist_ok=True)
+    datadir.make_dir(data)
     pid = processes.spawn(
         [sys.executable, "-m", "switchback.cli", "controller", "run", "--data", str(data)],
         data / "controller.log",

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,20 +25,52 @@ AdminOpt = typer.Option(
     envvar="SWITCHBACK_XDS_ADMIN",
     help="Admin URL of the control plane",
 )
+DataOpt = typer.Option(
+    Path(".switchback"),
+    "--data",
+    envvar="SWITCHBACK_DATA",
+    help="Data directory: xds-state.json, the CA (xds-ca/) and the admin token (xds-admin-token)",
+)
+TOKEN_ENV = "SWITCHBACK_XDS_TOKEN"
+TOKEN_FILE = "xds-admin-token"
 SelectorOpt = typer.Option(
     "", "--selector", "-s", help="Node selector, e.g. role=apigw,version=current ('' = all)"
 )
 JsonOpt = typer.Option(False, "--json", help="Print JSON")
 
 
-def _call(method: str, url: str, **kw: Any) -> Any:
+def admin_token(data: Path) -> str | None:
+    """The admin API's token: SWITCHBACK_XDS_TOKEN, else the one `xds serve` keeps in DATA."""
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if token:
+        return token
     try:
-        r = httpx.request(method, url, timeout=kw.pop("timeout", 30.0), **kw)
+        return (data / TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _serve_token(data: Path) -> str:
+    token = admin_token(data)
+    if token is None:
+        from switchback import datadir
+
+        token = secrets.token_urlsafe(24)
+        datadir.write_file(data / TOKEN_FILE, token + "\n", secret=True)
+    return token
+
+
+def _call(method: str, url: str, **kw: Any) -> Any:
+    token = admin_token(kw.pop("data", Path(".switchback")))
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        r = httpx.request(method, url, timeout=kw.pop("timeout", 30.0), headers=headers, **kw)
     except httpx.HTTPError as e:
         err.print(f"[red]cannot reach the control plane at {url}: {e}[/red]")
         raise typer.Exit(2) from e
     if r.status_code >= 400:
-        err.print(f"[red]{r.status_code}: {r.text}[/red]")
+        hint = f" (set {TOKEN_ENV} or --data)" if r.status_code == 401 and not token else ""
+        err.print(f"[red]{r.status_code}: {r.text}{hint}[/red]")
         raise typer.Exit(1)
     return r.json()
 
@@ -46,20 +81,34 @@ def serve(
     port: int = typer.Option(18000, help="ADS (gRPC) port"),
     admin_host: str = typer.Option("127.0.0.1", help="Admin HTTP listen address"),
     admin_port: int = typer.Option(18001, help="Admin HTTP port"),
+    data: Path = DataOpt,
     state_file: str = typer.Option(
-        ".switchback/xds-state.json",
+        "",
         envvar="SWITCHBACK_XDS_STATE",
-        help="Versions and intent survive restarts here ('' = none, time-based versions)",
+        help="Versions, intent and registered nodes survive restarts here "
+        "[default: DATA/xds-state.json]",
     ),
 ) -> None:
-    """Run the ADS server and its admin HTTP endpoints."""
+    """Run the ADS server (mutual TLS: every node needs a certificate, see `switchback sidecar
+    bootstrap --enroll`) and its admin HTTP endpoints (bearer token: SWITCHBACK_XDS_TOKEN, or
+    generated into DATA/xds-admin-token)."""
+    from switchback import datadir
     from switchback.xds.admin import serve as serve_all
     from switchback.xds.control import ControlPlane
+    from switchback.xds.pki import Authority
 
-    cp = ControlPlane(state_file=state_file or None)
-    out.print(f"xDS on {host}:{port}, admin on http://{admin_host}:{admin_port}")
+    data = datadir.make_dir(data.resolve())
+    token = _serve_token(data)
+    cp = ControlPlane(
+        state_file=state_file or data / "xds-state.json", authority=Authority(data / "xds-ca")
+    )
+    where = TOKEN_ENV if os.environ.get(TOKEN_ENV) else str(data / TOKEN_FILE)
+    out.print(
+        f"xDS (mutual TLS) on {host}:{port}, admin on http://{admin_host}:{admin_port} "
+        f"(token: {where})"
+    )
     try:
-        asyncio.run(serve_all(cp, host, port, admin_host, admin_port))
+        asyncio.run(serve_all(cp, token, host, port, admin_host, admin_port))
     except KeyboardInterrupt:
         pass
 
@@ -72,13 +121,18 @@ def _ago(t: float | None) -> str:
 
 
 @app.command()
-def status(admin: str = AdminOpt, selector: str = SelectorOpt, as_json: bool = JsonOpt) -> None:
+def status(
+    admin: str = AdminOpt,
+    selector: str = SelectorOpt,
+    as_json: bool = JsonOpt,
+    data: Path = DataOpt,
+) -> None:
     """Nodes with connection state, versions sent/ACKed and the last NACK."""
-    data = _call("GET", f"{admin}/nodes", params={"selector": selector})
+    listing = _call("GET", f"{admin}/nodes", params={"selector": selector}, data=data)
     if as_json:
-        out.print_json(json.dumps(data))
+        out.print_json(json.dumps(listing))
         return
-    table = Table(title=f"xDS nodes ({len(data['nodes'])})")
+    table = Table(title=f"xDS nodes ({len(listing['nodes'])})")
     for col in (
         "node",
         "kind/role/version",
@@ -90,7 +144,7 @@ def status(admin: str = AdminOpt, selector: str = SelectorOpt, as_json: bool = J
         "last NACK",
     ):
         table.add_column(col)
-    for n in data["nodes"]:
+    for n in listing["nodes"]:
         md = n["metadata"]
         # Per type: ✓ ACKed, … response in flight, - nothing ACKed yet (numbers: --json).
         types = " ".join(
@@ -119,12 +173,13 @@ def _selector_arg(text: str) -> dict[str, Any]:
     return parse_selector(text)
 
 
-def _wait(admin: str, selector: dict[str, Any], version: int, timeout: float) -> None:
+def _wait(admin: str, data: Path, selector: dict[str, Any], version: int, timeout: float) -> None:
     rep = _call(
         "POST",
         f"{admin}/wait-acked",
         json={"selector": selector, "version": version, "timeout": timeout},
         timeout=timeout + 5,
+        data=data,
     )
     if not any(rep[k] for k in ("acked", "pending", "nacked", "disconnected")):
         out.print("[yellow]no node matches the selector[/yellow]")
@@ -150,11 +205,13 @@ def redirect(
     admin: str = AdminOpt,
     wait: bool = typer.Option(True, help="Wait for every selected node's ACK"),
     timeout: float = typer.Option(10.0),
+    data: Path = DataOpt,
 ) -> None:
     """Send all traffic of the selected sidecars to the target service."""
     sel = _selector_arg(selector)
-    v = _call("POST", f"{admin}/redirect", json={"selector": sel, "target": target})["version"]
-    _wait(admin, sel, v, timeout) if wait else out.print(f"version {v}")
+    body = {"selector": sel, "target": target}
+    v = _call("POST", f"{admin}/redirect", json=body, data=data)["version"]
+    _wait(admin, data, sel, v, timeout) if wait else out.print(f"version {v}")
 
 
 @app.command()
@@ -163,11 +220,12 @@ def clear(
     admin: str = AdminOpt,
     wait: bool = typer.Option(True, help="Wait for every selected node's ACK"),
     timeout: float = typer.Option(10.0),
+    data: Path = DataOpt,
 ) -> None:
     """Send the selected sidecars' traffic back to their local app."""
     sel = _selector_arg(selector)
-    v = _call("POST", f"{admin}/redirect/clear", json={"selector": sel})["version"]
-    _wait(admin, sel, v, timeout) if wait else out.print(f"version {v}")
+    v = _call("POST", f"{admin}/redirect/clear", json={"selector": sel}, data=data)["version"]
+    _wait(admin, data, sel, v, timeout) if wait else out.print(f"version {v}")
 
 
 @app.command()
@@ -175,11 +233,11 @@ def endpoints(
     service: str = typer.Argument(...),
     addresses: list[str] = typer.Argument(None, help="IP:PORT ... (none = no endpoints)"),
     admin: str = AdminOpt,
+    data: Path = DataOpt,
 ) -> None:
     """Set the endpoints of a service (EDS)."""
-    v = _call("PUT", f"{admin}/services/{service}/endpoints", json={"endpoints": addresses or []})[
-        "version"
-    ]
+    url = f"{admin}/services/{service}/endpoints"
+    v = _call("PUT", url, json={"endpoints": addresses or []}, data=data)["version"]
     out.print(f"version {v}")
 
 
@@ -189,6 +247,7 @@ def wait(
     version: int = typer.Option(None, help="Version (default: each node's latest)"),
     admin: str = AdminOpt,
     timeout: float = typer.Option(10.0),
+    data: Path = DataOpt,
 ) -> None:
     """Wait until every selected node has ACKed a version."""
-    _wait(admin, _selector_arg(selector), version, timeout)
+    _wait(admin, data, _selector_arg(selector), version, timeout)

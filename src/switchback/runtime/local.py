@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 import yaml
 
+from switchback import datadir
 from switchback.runtime import processes
 from switchback.xds.control import AckReport, ControlPlane
 from switchback.xds.resources import NodeSpec
@@ -147,13 +148,12 @@ class LocalRuntime:
             }
 
     def save(self) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(
+        datadir.write_file(
+            self.state_file,
             json.dumps(
                 {"environments": {k: e.to_dict() for k, e in self.environments.items()}}, indent=1
-            )
+            ),
         )
-        os.replace(tmp, self.state_file)
 
     def env(self, name: str) -> Environment:
         try:
@@ -170,14 +170,17 @@ class LocalRuntime:
     # -- processes -----------------------------------------------------------------------------
 
     def _envoy(self, node_id: str, spec: NodeSpec, admin_port: int) -> int:
-        workdir = self.root / "envoy" / node_id
-        workdir.mkdir(parents=True, exist_ok=True)
+        workdir = datadir.make_dir(self.root / "envoy" / node_id)
+        # The control plane serves this spec (not what the Envoy reports), and only to the holder
+        # of these fresh credentials; an earlier certificate of this node id is revoked.
+        creds = self.cp.enroll(node_id, spec, workdir / "tls")
         cfg = workdir / "bootstrap.yaml"
-        cfg.write_text(
+        datadir.write_file(
+            cfg,
             yaml.safe_dump(
-                bootstrap_config(node_id, "127.0.0.1", self.xds_port, spec, admin_port),
+                bootstrap_config(node_id, "127.0.0.1", self.xds_port, spec, admin_port, tls=creds),
                 sort_keys=False,
-            )
+            ),
         )
         return processes.spawn(envoy_args(str(cfg)), workdir / "envoy.log")
 

@@ -30,7 +30,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -400,12 +400,37 @@ class _DeltaStream(_Stream):
         )
 
 
-class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    """The ADS endpoint: state of the world and delta, from the same snapshot cache."""
+class Refused(Exception):
+    """A stream that may not speak for the node it names (ends the call with `code`)."""
 
-    def __init__(self, cache: SnapshotCache, on_version_seen: Any = None) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# admit(node id, cluster, reported metadata, the call's auth context) -> (cluster, metadata)
+# the node is known by from then on; raises Refused. The default believes what the node says.
+Admit = Callable[[str, str, dict[str, Any], Mapping[str, Any]], tuple[str, dict[str, Any]]]
+
+
+def _believe(
+    node_id: str, cluster: str, metadata: dict[str, Any], auth: Mapping[str, Any]
+) -> tuple[str, dict[str, Any]]:
+    return cluster, metadata
+
+
+class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    """The ADS endpoint: state of the world and delta, from the same snapshot cache.
+
+    `admit` runs on a stream's first request, before the node counts as connected: a stream it
+    refuses never touches the node's status, snapshot or config (see ControlPlane._admit)."""
+
+    def __init__(
+        self, cache: SnapshotCache, on_version_seen: Any = None, admit: Admit | None = None
+    ) -> None:
         self.cache = cache
         self.on_version_seen = on_version_seen or (lambda node_id, v: None)
+        self.admit = admit or _believe
 
     # grpc.aio needs the handlers themselves to be async generators; `aclosing` runs the
     # stream's cleanup (node disconnected) as soon as the call ends.
@@ -477,8 +502,20 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                                 grpc.StatusCode.INVALID_ARGUMENT, "first request must name the node"
                             )
                         md = json_format.MessageToDict(it.node.metadata)
+                        try:
+                            cluster, md = self.admit(
+                                it.node.id, it.node.cluster, md, context.auth_context()
+                            )
+                        except Refused as e:
+                            log.warning(
+                                "refused an ADS stream from %s for node %r: %s",
+                                context.peer(),
+                                it.node.id,
+                                e,
+                            )
+                            await context.abort(e.code, str(e))
                         status = self.cache.node_connected(
-                            it.node.id, it.node.cluster, md, context.peer(), make_stream.api
+                            it.node.id, cluster, md, context.peer(), make_stream.api
                         )
                         stream = make_stream(self.cache, status, self.on_version_seen)
                         cancel_watch = self.cache.watch(it.node.id, wake)

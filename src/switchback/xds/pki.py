@@ -77,10 +77,12 @@ def new_key() -> ec.EllipticCurvePrivateKey:
 def make_csr(node_id: str) -> tuple[bytes, bytes]:
     """A fresh key and a certificate request for `node_id` -> (key PEM, CSR PEM). The key never
     leaves the node; the CA takes only the public key from the request."""
+    node_identity(node_id)  # refuse an id no certificate can carry before asking for one
     key = new_key()
+    # The subject is left empty: the CA names the node (from the enrolment call), not the request.
     csr = (
         x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, node_id)]))
+        .subject_name(x509.Name([]))
         .sign(key, hashes.SHA256())
     )
     return _key_pem(key), csr.public_bytes(serialization.Encoding.PEM)

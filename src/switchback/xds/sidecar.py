@@ -235,6 +235,7 @@ class EnvoyProcess:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sb-envoy-")))
 
     def start(self) -> None:
+        datadir.make_dir(self.workdir)
         cfg = self.workdir / "bootstrap.yaml"
         datadir.write_file(cfg, yaml.safe_dump(self.config, sort_keys=False))
         admin_path = self.workdir / "admin-address"

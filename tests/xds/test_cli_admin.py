@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import stat
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -228,3 +229,44 @@ async def test_service_proxy_and_ingress_nodes(
     finally:
         for e in envoys:
             e.stop()
+
+
+async def test_sidecar_enrolls_through_the_admin_api_and_serves(
+    cp: ControlPlane, served_admin: str, app_factory, tmp_path: Path
+) -> None:
+    """The standalone path: `switchback sidecar bootstrap --enroll` registers the node and gets
+    its certificate over the admin API (token), and the Envoy it configures connects over mTLS."""
+    app = app_factory("mine")
+    listen = free_port()
+    tls = tmp_path / "tls"
+    args = ["bootstrap", "--node-id", "cli-1", "--xds", f"127.0.0.1:{cp.port}", "--role", "apigw",
+            "--app-port", str(app.port), "--listen-port", str(listen), "--tls-dir", str(tls),
+            "--enroll", "--admin", served_admin, "--data", str(tmp_path / "no-token-here")]  # fmt: skip
+
+    def invoke(token: str) -> Any:
+        return runner.invoke(sidecar_cli.app, args, env={"SWITCHBACK_XDS_TOKEN": token})
+
+    res = await asyncio.to_thread(invoke, "")
+    assert res.exit_code == 2 and "SWITCHBACK_XDS_TOKEN" in res.output, res.output
+    res = await asyncio.to_thread(invoke, "wrong")
+    assert res.exit_code == 1 and "401" in res.output, res.output
+    assert cp.registered("cli-1") is None
+    res = await asyncio.to_thread(invoke, TOKEN)
+    assert res.exit_code == 0, res.output
+    spec = cp.registered("cli-1")
+    assert spec is not None
+    assert (spec.kind, spec.listen_port, spec.app_port, spec.labels["role"]) == (
+        "sidecar",
+        listen,
+        app.port,
+        "apigw",
+    )
+    assert stat.S_IMODE((tls / "node.key").stat().st_mode) == 0o600
+    envoy = EnvoyProcess("cli-1", yaml.safe_load(res.stdout), workdir=tmp_path / "envoy")
+    envoy.start()
+    try:
+        await asyncio.to_thread(envoy.wait_ready)
+        async with httpx.AsyncClient(timeout=5) as http:
+            assert (await http.get(f"http://127.0.0.1:{listen}/")).json()["app"] == "mine"
+    finally:
+        envoy.stop()

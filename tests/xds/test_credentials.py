@@ -255,3 +255,39 @@ async def test_admin_enroll_signs_a_request_for_the_named_node(
 async def test_plaintext_only_on_loopback(state_file: Path) -> None:
     with pytest.raises(ValueError, match="loopback"):
         await ControlPlane(state_file=state_file).start("0.0.0.0")
+
+
+async def test_staged_ca_rotation(tmp_path: Path, state_file: Path) -> None:
+    """docs/xds.md's CA rotation: while `trusted.pem` holds the old CA, nodes with certificates
+    of the old CA stay accepted by a control plane that now signs with the new one; once it is
+    removed they are not."""
+    old = Authority(tmp_path / "old-ca")
+    md = {"kind": "sidecar", "role": "apigw", "listen_port": 1, "app_port": 2}
+    creds = old.enroll_files("n1", tmp_path / "n1")
+    current = tmp_path / "xds-ca"
+    new = Authority(current)
+    # Step 1 happened: the node was (re)spawned trusting both CAs.
+    creds.ca.write_bytes(old.trust_bundle() + new.trust_bundle())
+    # Step 2: the new CA signs; the old one is still trusted.
+    (current / "trusted.pem").write_bytes(old.trust_bundle())
+
+    async def connects() -> grpc.aio.AioRpcError | None:
+        cp = ControlPlane(state_file=state_file, authority=Authority(current))
+        await cp.start()
+        try:
+            cp.register_node("n1", NodeSpec.from_metadata(md), creds.fingerprint)
+            c = AdsClient(f"127.0.0.1:{cp.port}", "n1", md, credentials=creds.channel_credentials())
+            await c.start()
+            try:
+                await c.wait_for(lambda c: c.ended.is_set() or bool(c.resources[CLUSTER]))
+            finally:
+                await c.stop()
+            return c.error
+        finally:
+            await cp.stop(0)
+
+    assert await connects() is None
+    # Step 3: the old CA is dropped: its certificates are refused at the handshake.
+    (current / "trusted.pem").unlink()
+    err = await connects()
+    assert err is not None and err.code() == grpc.StatusCode.UNAVAILABLE

@@ -3,7 +3,9 @@ traffic over the controller's xDS port, and what it leaves on disk is private.""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import stat
 from pathlib import Path
 
@@ -11,9 +13,13 @@ import grpc
 import httpx
 
 from switchback.release.client import ControllerClient
+from switchback.runtime import processes
 from switchback.xds.cache import CLUSTER
 from switchback.xds.client import AdsClient
+from tests.eventually import eventually_async
 from tests.xds.conftest import TestApp
+
+from .conftest import PING
 
 
 async def _public_served_by_v1(url: str, n: int = 20) -> None:
@@ -87,3 +93,47 @@ async def test_up_leaves_a_private_data_dir(
     assert any(s.endswith("bootstrap.yaml") for s in seen)
     assert any(s.endswith("tls/node.key") for s in seen)
     assert any(s.startswith("runtime/logs/") for s in seen)
+
+
+async def test_envoys_without_credentials_are_replaced_at_restart(
+    controller: ControllerClient, urls: dict[str, str]
+) -> None:
+    """After an upgrade from a version without xDS credentials, the running Envoys cannot
+    reconnect: the restarted controller replaces every Envoy it has no registration for."""
+    runtime = json.loads((controller.data / "runtime" / "runtime.json").read_text())
+    env = runtime["environments"]["production"]
+    old_pids = {i["id"]: i["envoy_pid"] for i in env["instances"]}
+    old_pids |= {p["node_id"]: p["pid"] for p in env["proxies"].values()}
+    pid = controller.info["pid"]
+    os.kill(pid, signal.SIGKILL)
+    processes.reap(pid)
+    state_file = controller.data / "xds-state.json"
+    state = json.loads(state_file.read_text())
+    assert set(state["nodes"]) == set(old_pids)
+    state["nodes"] = {}  # as a version without credentials left it
+    state_file.write_text(json.dumps(state))
+    controller.up(PING, env="production", version="v1")
+
+    async def all_replaced_and_in_sync() -> bool:
+        nodes = await _nodes(controller)
+        return set(nodes) == set(old_pids) and all(
+            n["connected"] and n["in_sync"] for n in nodes.values()
+        )
+
+    await eventually_async(all_replaced_and_in_sync, timeout=60, what="every Envoy replaced")
+    runtime = json.loads((controller.data / "runtime" / "runtime.json").read_text())
+    env = runtime["environments"]["production"]
+    new_pids = {i["id"]: i["envoy_pid"] for i in env["instances"]}
+    new_pids |= {p["node_id"]: p["pid"] for p in env["proxies"].values()}
+    assert set(new_pids) == set(old_pids)
+    assert all(new_pids[n] != old_pids[n] for n in old_pids), (old_pids, new_pids)
+    assert not any(processes.alive(p) for p in old_pids.values())
+    # The replaced instances' apps start again (a restart the operator sees once, at the upgrade).
+    public = (await controller.urls())["public"]
+
+    async def served() -> bool:
+        async with httpx.AsyncClient(timeout=10) as client:
+            return (await client.post(f"{public}/ping", json={})).status_code == 200
+
+    await eventually_async(served, timeout=60, what="the app serving again")
+    await _public_served_by_v1(public)

@@ -184,6 +184,11 @@ class LocalRuntime:
         )
         return processes.spawn(envoy_args(str(cfg)), workdir / "envoy.log")
 
+    def _enrolled(self, node_id: str) -> bool:
+        """Was this node's Envoy spawned with credentials the control plane accepts? An Envoy
+        started by a version without xDS credentials cannot reconnect: it is replaced."""
+        return self.cp.registered(node_id) is not None
+
     def _start_instance(self, env: Environment, inst: Instance) -> None:
         outbound = (
             {service_name(env.name, pinned("scenario", inst.build)): inst.outbound_port}
@@ -463,7 +468,8 @@ class LocalRuntime:
         restarted = []
         for env in self.environments.values():
             for key, p in env.proxies.items():
-                if not processes.alive(p.pid):
+                if not processes.alive(p.pid) or not self._enrolled(p.node_id):
+                    await asyncio.to_thread(processes.stop, p.pid, 5)  # frees its port
                     self._start_proxy(env, key)
                     restarted.append(p.node_id)
             for service, build in env.selectors.items():
@@ -479,7 +485,11 @@ class LocalRuntime:
                     service_name(env.name, f"vip.{key}"), [("127.0.0.1", env.proxies[key].port)]
                 )
             for inst in env.instances:
-                if not (processes.alive(inst.app_pid) and processes.alive(inst.envoy_pid)):
+                if not (
+                    processes.alive(inst.app_pid)
+                    and processes.alive(inst.envoy_pid)
+                    and self._enrolled(inst.id)
+                ):
                     await asyncio.to_thread(self._stop_instance, inst)
                     self._start_instance(env, inst)
                     restarted.append(inst.id)

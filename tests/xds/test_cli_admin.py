@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import stat
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from switchback.xds.control import ControlPlane
 from switchback.xds.pki import SERVER_IDENTITY, Authority
 from switchback.xds.resources import NodeSpec
 from switchback.xds.sidecar import EnvoyProcess, bootstrap_config, find_envoy
+from tests.eventually import eventually
 
 from .conftest import enrolled_client, free_port, wait_until
 
@@ -270,3 +273,43 @@ async def test_sidecar_enrolls_through_the_admin_api_and_serves(
             assert (await http.get(f"http://127.0.0.1:{listen}/")).json()["app"] == "mine"
     finally:
         envoy.stop()
+
+
+def test_xds_serve_keeps_a_private_token_and_refuses_calls_without_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    xds_port, admin_port = free_port(), free_port()
+    admin = f"http://127.0.0.1:{admin_port}"
+    env = {k: v for k, v in os.environ.items() if k != "SWITCHBACK_XDS_TOKEN"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "switchback.cli", "xds", "serve", "--data", str(data),
+         "--port", str(xds_port), "--admin-port", str(admin_port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+    def up() -> bool:
+        assert proc.poll() is None, f"xds serve exited with {proc.returncode}"
+        return httpx.get(f"{admin}/healthz").status_code == 200
+
+    try:
+        eventually(up, timeout=60, what="xds serve")
+        token = (data / "xds-admin-token").read_text().strip()
+        assert stat.S_IMODE((data / "xds-admin-token").stat().st_mode) == 0o600
+        assert stat.S_IMODE(data.stat().st_mode) == 0o700
+        assert stat.S_IMODE((data / "xds-ca" / "ca.key").stat().st_mode) == 0o600
+        assert httpx.get(f"{admin}/nodes").status_code == 401
+        ok = httpx.get(f"{admin}/nodes", headers={"Authorization": f"Bearer {token}"})
+        assert ok.status_code == 200 and ok.json() == {"nodes": []}
+        # The client commands find the token through --data.
+        res = runner.invoke(
+            xds_cli.app, ["status", "--admin", admin, "--data", str(data)], env={**env}
+        )
+        assert res.exit_code == 0, res.output
+        res = runner.invoke(
+            xds_cli.app,
+            ["redirect", "role=apigw", "x", "--admin", admin, "--data", str(tmp_path / "none")],
+            env={**env, "SWITCHBACK_XDS_TOKEN": ""},
+        )
+        assert res.exit_code == 1 and "401" in res.output
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -291,3 +291,39 @@ async def test_staged_ca_rotation(tmp_path: Path, state_file: Path) -> None:
     (current / "trusted.pem").unlink()
     err = await connects()
     assert err is not None and err.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_an_open_stream_ends_when_its_certificate_is_revoked(
+    cp: ControlPlane, tmp_path: Path
+) -> None:
+    """Re-enrolling a node (a respawn) or forgetting it ends a stream still open with the old
+    certificate: a stolen key stops working at once, not at the next reconnect."""
+    md = {"kind": "sidecar", "role": "apigw", "listen_port": 1, "app_port": 2}
+    spec = NodeSpec.from_metadata(md)
+    first = cp.enroll("n1", spec, tmp_path / "first")
+    assert first is not None
+    target = f"127.0.0.1:{cp.port}"
+    old = AdsClient(target, "n1", md, credentials=first.channel_credentials())
+    await old.start()
+    try:
+        await old.wait_for(lambda c: "local-app" in c.resources[CLUSTER])
+        second = cp.enroll("n1", spec, tmp_path / "second")
+        assert second is not None
+        await old.wait_for(lambda c: c.ended.is_set())
+        assert old.error is not None and old.error.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await old.stop()
+    current = AdsClient(target, "n1", md, credentials=second.channel_credentials())
+    await current.start()
+    try:
+        await current.wait_for(lambda c: "local-app" in c.resources[CLUSTER])
+        cp.register_node("n1", spec)  # the same certificate kept: the stream goes on
+        v = await cp.set_redirect({"id": "n1"}, "elsewhere")
+        assert (await cp.wait_acked({"id": "n1"}, v, timeout=5)).ok
+        assert not current.ended.is_set()
+        cp.forget_node("n1")
+        await current.wait_for(lambda c: c.ended.is_set())
+        assert current.error is not None
+        assert current.error.code() == grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        await current.stop()

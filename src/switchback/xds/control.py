@@ -34,7 +34,7 @@ from envoy.service.discovery.v3 import ads_pb2_grpc
 from switchback.xds.cache import SHORT_NAMES, NodeStatus, Selector, SnapshotCache, matches
 from switchback.xds.pki import Authority, NodeCredentials, fingerprint, node_identity
 from switchback.xds.resources import NodeSpec, build_snapshot, validate_endpoints
-from switchback.xds.server import AdsServicer, Refused
+from switchback.xds.server import Admission, AdsServicer, Refused
 from switchback.xds.state import Registration, StateStore
 
 _LOOPBACK = ("127.0.0.1", "::1", "[::1]", "localhost")
@@ -105,10 +105,6 @@ class ControlPlane:
         self._lock = asyncio.Lock()
 
     # --- lifecycle -----------------------------------------------------------------------
-    @property
-    def secure(self) -> bool:
-        return self.authority is not None
-
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Serve ADS on host:port (0 = pick a free port); returns the bound port.
 
@@ -152,6 +148,8 @@ class ControlPlane:
         if cert_fingerprint is None:
             cert_fingerprint = old.fingerprint if old is not None else ""
         self.state.registrations[node_id] = Registration(spec, cert_fingerprint)
+        if old is not None and old.fingerprint != cert_fingerprint:
+            self.cache.wake(node_id)  # a stream holding the replaced certificate is ended
         self._specs[node_id] = spec
         st = self.cache.status(node_id)
         if st is not None:
@@ -195,11 +193,11 @@ class ControlPlane:
         """(cluster, metadata) of a registered node, as its bootstrap would say it."""
         return spec.labels.get("role") or spec.kind, spec.to_metadata()
 
-    def _admit(
-        self, node_id: str, cluster: str, metadata: dict[str, Any], auth: Any
-    ) -> tuple[str, dict[str, Any]]:
-        """May this stream speak for `node_id`? -> the (cluster, metadata) it is known by."""
+    def _admit(self, node_id: str, cluster: str, metadata: dict[str, Any], auth: Any) -> Admission:
+        """May this stream speak for `node_id`? -> what it is known by, and the check that it
+        still may (re-asked when the node's registration or config changes)."""
         reg = self.state.registrations.get(node_id)
+        valid: Any = lambda: True  # noqa: E731
         if self.authority is not None:
             denied = grpc.StatusCode.PERMISSION_DENIED
             peer = b"".join(auth.get("peer_spiffe_id", [])[:1]).decode(errors="replace")
@@ -214,16 +212,21 @@ class ControlPlane:
                 )
             if reg is None:
                 raise Refused(denied, f"node {node_id!r} is not registered (enroll it first)")
-            if reg.fingerprint:
-                pem = b"".join(auth.get("x509_pem_cert", [])[:1])
-                if not pem or fingerprint(pem) != reg.fingerprint:
-                    raise Refused(
-                        denied,
-                        f"this certificate of node {node_id!r} was replaced by a newer one",
-                    )
+            pem = b"".join(auth.get("x509_pem_cert", [])[:1])
+            presented = fingerprint(pem) if pem else ""
+            if reg.fingerprint and presented != reg.fingerprint:
+                raise Refused(
+                    denied,
+                    f"this certificate of node {node_id!r} was replaced by a newer one",
+                )
+
+            def valid() -> bool:
+                now = self.state.registrations.get(node_id)
+                return now is not None and now.fingerprint in ("", presented)
+
         if reg is not None:
-            return self._declared(reg.spec)
-        return cluster, metadata
+            return Admission(*self._declared(reg.spec), valid=valid)
+        return Admission(cluster, metadata, valid=valid)
 
     def _on_new_node(self, st: NodeStatus) -> None:
         try:
@@ -335,6 +338,7 @@ class ControlPlane:
         self._specs.pop(node_id, None)
         if self.state.registrations.pop(node_id, None) is not None:
             self.state.save()
+            self.cache.wake(node_id)  # a stream still open for it is ended
 
     def _classify(self, st: NodeStatus, version: int | None) -> tuple[str, str]:
         """-> (acked | pending | nacked | disconnected, NACK error text)."""

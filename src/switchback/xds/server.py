@@ -408,15 +408,25 @@ class Refused(Exception):
         self.code = code
 
 
-# admit(node id, cluster, reported metadata, the call's auth context) -> (cluster, metadata)
-# the node is known by from then on; raises Refused. The default believes what the node says.
-Admit = Callable[[str, str, dict[str, Any], Mapping[str, Any]], tuple[str, dict[str, Any]]]
+@dataclass
+class Admission:
+    """What an admitted stream is known by, and whether its credentials still hold (asked
+    again whenever the node's config or registration changes: a revoked stream is ended)."""
+
+    cluster: str
+    metadata: dict[str, Any]
+    valid: Callable[[], bool] = lambda: True
+
+
+# admit(node id, cluster, reported metadata, the call's auth context) -> Admission; raises
+# Refused. The default believes what the node says.
+Admit = Callable[[str, str, dict[str, Any], Mapping[str, Any]], Admission]
 
 
 def _believe(
     node_id: str, cluster: str, metadata: dict[str, Any], auth: Mapping[str, Any]
-) -> tuple[str, dict[str, Any]]:
-    return cluster, metadata
+) -> Admission:
+    return Admission(cluster, metadata)
 
 
 class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -473,6 +483,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
         reader = asyncio.create_task(read())
         stream: _Stream | None = None
+        admission: Admission | None = None
+        stream_id = ""
         cancel_watch = None
         woken = False
 
@@ -495,6 +507,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         break
                     if it is _WAKE:
                         woken = False
+                        if admission is not None and not admission.valid():
+                            log.warning("%s: credentials revoked, ending its stream", stream_id)
+                            await context.abort(
+                                grpc.StatusCode.PERMISSION_DENIED,
+                                f"the credentials of node {stream_id!r} were revoked",
+                            )
                         continue
                     if stream is None:
                         if not it.HasField("node") or not it.node.id:
@@ -503,7 +521,7 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                             )
                         md = json_format.MessageToDict(it.node.metadata)
                         try:
-                            cluster, md = self.admit(
+                            admission = self.admit(
                                 it.node.id, it.node.cluster, md, context.auth_context()
                             )
                         except Refused as e:
@@ -514,8 +532,13 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                                 e,
                             )
                             await context.abort(e.code, str(e))
+                        stream_id = it.node.id
                         status = self.cache.node_connected(
-                            it.node.id, cluster, md, context.peer(), make_stream.api
+                            it.node.id,
+                            admission.cluster,
+                            admission.metadata,
+                            context.peer(),
+                            make_stream.api,
                         )
                         stream = make_stream(self.cache, status, self.on_version_seen)
                         cancel_watch = self.cache.watch(it.node.id, wake)

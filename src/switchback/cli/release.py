@@ -13,6 +13,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from switchback import datadir
 from switchback.cli import discovery
 from switchback.cli.common import (
     actor,
@@ -85,7 +86,7 @@ def _ensure_controller(data: Path, timeout: float = 30) -> None:
     info = read_info(data)
     if info and processes.alive(info.get("pid")):
         return
-    data.mkdir(parents=True, exist_ok=True)
+    datadir.make_dir(data)
     pid = processes.spawn(
         [sys.executable, "-m", "switchback.cli", "controller", "run", "--data", str(data)],
         data / "controller.log",

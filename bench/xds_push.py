@@ -10,6 +10,11 @@ order) followed by a clear (RDS, then CDS removal); both are timed from the API 
 simulated ADS clients, in a child process) run elsewhere, so `time.process_time()` here is the
 control plane's CPU time per push. `--delta` makes the Envoys speak incremental xDS (the
 simulated clients speak state of the world only).
+
+`--transport both` (the default) measures the same setup twice in one run: plaintext ADS (the
+baseline) and mutual TLS (what `switchback up` and `xds serve` use: every node with its own
+certificate, hence its own connection); `mtls` or `plaintext` runs one of them. In both, every
+node is registered with the control plane, so the only difference is the transport.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 
 from switchback.xds.client import AdsClient
 from switchback.xds.control import ControlPlane
+from switchback.xds.pki import Authority, NodeCredentials
 from switchback.xds.resources import NodeSpec
 from switchback.xds.sidecar import EnvoyProcess, bootstrap_config
 
@@ -48,21 +54,26 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def run_clients(target: str, n: int, channels: int) -> None:
-    """Child process: n simulated sidecars over a few shared channels, until stdin closes."""
+def sim_md(i: int) -> dict[str, Any]:
+    return {"kind": "sidecar", "role": "apigw", "version": "current",
+            "listen_port": 20000 + i, "app_port": 30000 + i}  # fmt: skip
+
+
+async def run_clients(target: str, n: int, channels: int, tls_root: str) -> None:
+    """Child process: n simulated sidecars until stdin closes; over `channels` shared plaintext
+    channels (0: one each), or with mutual TLS (`tls_root`: one channel and certificate each)."""
     import grpc
 
     chans = [grpc.aio.insecure_channel(target) for _ in range(channels)]
     clients = []
     for i in range(n):
-        md = {
-            "kind": "sidecar",
-            "role": "apigw",
-            "version": "current",
-            "listen_port": 20000 + i,
-            "app_port": 30000 + i,
-        }
-        c = AdsClient(target, f"sim-{i:04d}", md, channel=chans[i % channels])
+        node_id = f"sim-{i:04d}"
+        kw: dict[str, Any] = {}
+        if tls_root:
+            kw["credentials"] = NodeCredentials.read(Path(tls_root) / node_id).channel_credentials()
+        elif chans:
+            kw["channel"] = chans[i % channels]
+        c = AdsClient(target, node_id, sim_md(i), **kw)
         await c.start()
         clients.append(c)
     loop = asyncio.get_running_loop()
@@ -103,10 +114,14 @@ async def measure(cp: ControlPlane, n: int, rounds: int) -> dict[str, Any]:
     return out
 
 
-async def bench_envoys(n: int, rounds: int, xds_api: str = "sotw") -> dict[str, Any]:
-    cp = ControlPlane(state_file=None)
-    port = await cp.start()
+def control_plane(work: Path, mtls: bool) -> ControlPlane:
+    return ControlPlane(state_file=None, authority=Authority(work / "ca") if mtls else None)
+
+
+async def bench_envoys(n: int, rounds: int, xds_api: str, mtls: bool) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="sb-bench-"))
+    cp = control_plane(work, mtls)
+    port = await cp.start()
     envoys = []
     try:
         for i in range(n):
@@ -116,12 +131,13 @@ async def bench_envoys(n: int, rounds: int, xds_api: str = "sotw") -> dict[str, 
                 app_port=free_port(),
                 labels={"role": "apigw", "version": "current"},
             )
+            node_id = f"envoy-{i}"
+            tls = cp.enroll(node_id, spec, work / node_id / "tls")  # None on plaintext
             e = EnvoyProcess(
-                f"envoy-{i}",
-                bootstrap_config(f"envoy-{i}", "127.0.0.1", port, spec, xds_api=xds_api),
-                workdir=work / str(i),
+                node_id,
+                bootstrap_config(node_id, "127.0.0.1", port, spec, xds_api=xds_api, tls=tls),
+                workdir=work / node_id,
             )
-            e.workdir.mkdir()
             e.start()
             envoys.append(e)
         for e in envoys:
@@ -133,15 +149,20 @@ async def bench_envoys(n: int, rounds: int, xds_api: str = "sotw") -> dict[str, 
         await cp.stop(0)
 
 
-def spawn_clients(target: str, n: int, channels: int) -> subprocess.Popen[bytes]:
+def spawn_clients(target: str, n: int, channels: int, tls_root: str) -> subprocess.Popen[bytes]:
     args = ["--child", target, "--clients", str(n), "--channels", str(channels)]
+    args += ["--tls-root", tls_root]
     return subprocess.Popen([sys.executable, __file__, *args], stdin=subprocess.PIPE)
 
 
-async def bench_clients(n: int, rounds: int, channels: int) -> dict[str, Any]:
-    cp = ControlPlane(state_file=None)
+async def bench_clients(n: int, rounds: int, channels: int, mtls: bool) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="sb-bench-"))
+    cp = control_plane(work, mtls)
     port = await cp.start()
-    child = spawn_clients(f"127.0.0.1:{port}", n, channels)
+    for i in range(n):
+        node_id = f"sim-{i:04d}"
+        cp.enroll(node_id, NodeSpec.from_metadata(sim_md(i)), work / node_id)
+    child = spawn_clients(f"127.0.0.1:{port}", n, channels, str(work) if mtls else "")
     try:
         deadline = time.monotonic() + 120
         while sum(st.connected for st in cp.cache.statuses(OLD)) < n:
@@ -163,29 +184,64 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--envoys", type=int, default=0, help="real Envoy sidecars")
     ap.add_argument("--clients", type=int, default=0, help="simulated ADS clients")
-    ap.add_argument("--channels", type=int, default=10, help="gRPC channels for simulated clients")
+    ap.add_argument(
+        "--channels",
+        type=int,
+        default=0,
+        help="plaintext only: simulated clients share this many gRPC channels (0: one each, as "
+        "with mutual TLS, where every node has its own certificate and connection)",
+    )
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--delta", action="store_true", help="Envoys speak delta xDS (not SotW)")
+    ap.add_argument(
+        "--transport",
+        choices=("both", "plaintext", "mtls"),
+        default="both",
+        help="both: plaintext (baseline) then mutual TLS, side by side",
+    )
     ap.add_argument("--child", metavar="TARGET", help=argparse.SUPPRESS)
+    ap.add_argument("--tls-root", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        asyncio.run(run_clients(args.child, args.clients, args.channels))
+        asyncio.run(run_clients(args.child, args.clients, args.channels, args.tls_root))
         return
+    transports = ["plaintext", "mtls"] if args.transport == "both" else [args.transport]
     results = []
-    if args.envoys:
-        api = "delta" if args.delta else "sotw"
-        res = asyncio.run(bench_envoys(args.envoys, args.rounds, api))
-        results.append({"mode": "envoy", "xds_api": api, **res})
-    if args.clients:
-        results.append(
-            {
-                "mode": "simulated",
-                **asyncio.run(bench_clients(args.clients, args.rounds, args.channels)),
-            }
-        )
+    for transport in transports:
+        mtls = transport == "mtls"
+        if args.envoys:
+            api = "delta" if args.delta else "sotw"
+            res = asyncio.run(bench_envoys(args.envoys, args.rounds, api, mtls))
+            results.append({"mode": "envoy", "transport": transport, "xds_api": api, **res})
+        if args.clients:
+            channels = 0 if mtls else args.channels
+            res = asyncio.run(bench_clients(args.clients, args.rounds, channels, mtls))
+            results.append(
+                {
+                    "mode": "simulated",
+                    "transport": transport,
+                    "channels": channels or args.clients,
+                    **res,
+                }
+            )
     if not results:
         ap.error("give --envoys N and/or --clients N")
     print(json.dumps({"cpus": os.cpu_count(), "results": results}, indent=1))
+    print(side_by_side(results))
+
+
+def side_by_side(results: list[dict[str, Any]]) -> str:
+    """One line per (nodes, push): plaintext and mTLS figures next to each other."""
+    rows = ["mode       nodes push      transport  p50 ms  p99 ms  max ms  CP CPU ms/push"]
+    lines = [(r, kind) for r in results for kind in ("redirect", "clear")]
+    lines.sort(key=lambda rk: (rk[0]["mode"], rk[0]["nodes"], rk[1] == "clear"))  # stable
+    for r, kind in lines:
+        f = r[kind]
+        rows.append(
+            f"{r['mode']:<10} {r['nodes']:>5} {kind:<9} {r['transport']:<10} "
+            f"{f['p50_ms']:>6} {f['p99_ms']:>7} {f['max_ms']:>7} {f['cpu_ms_per_push']:>9}"
+        )
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import pytest
 from switchback.release.client import ControllerClient
 from switchback.runtime import processes
 from switchback.runtime.traffic import Traffic
+from tests.eventually import eventually_async
 
 from .conftest import PING
 
@@ -81,6 +82,14 @@ async def test_controller_killed_and_restarted_adopts_its_processes(
     assert [(i["id"], i["app_pid"], i["envoy_pid"]) for i in after] == [
         (i["id"], i["app_pid"], i["envoy_pid"]) for i in before
     ]
+
+    # Every Envoy (sidecars, service proxies, ingress) reconnected with the credentials it was
+    # spawned with: the restarted controller loaded the same CA and registrations.
+    async def all_back_in_sync() -> bool:
+        nodes = (await controller.call("GET", "/xds/nodes"))["nodes"]
+        return len(nodes) == len(after) + 3 and all(n["connected"] and n["in_sync"] for n in nodes)
+
+    await eventually_async(all_back_in_sync, timeout=30, what="every Envoy ACKing the restart")
     # ... and can still release (the sidecars reconnected to the same xDS port).
     r = await controller.call(
         "POST", "/releases",

@@ -16,7 +16,9 @@ import pytest
 
 from switchback.runtime import processes
 from switchback.xds.cache import ROUTE, Snapshot
+from switchback.xds.client import AdsClient
 from switchback.xds.control import ControlPlane
+from switchback.xds.pki import Authority
 from switchback.xds.resources import NodeSpec, _route_to, route_config
 from switchback.xds.sidecar import EnvoyProcess, bootstrap_config
 
@@ -101,11 +103,32 @@ def state_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def cp(state_file: Path) -> AsyncIterator[ControlPlane]:
-    plane = ControlPlane(state_file=state_file)
+def authority(tmp_path: Path) -> Authority:
+    """The control plane's CA (persisted: a restarted control plane reuses it)."""
+    return Authority(tmp_path / "xds-ca")
+
+
+@pytest.fixture
+async def cp(state_file: Path, authority: Authority) -> AsyncIterator[ControlPlane]:
+    plane = ControlPlane(state_file=state_file, authority=authority)
     await plane.start()
     yield plane
     await plane.stop(0)
+
+
+def enrolled_client(
+    cp: ControlPlane, node_id: str, metadata: dict[str, Any], tls_dir: Path, **kw: Any
+) -> AdsClient:
+    """A simulated node registered with `metadata` as its spec, with its own credentials."""
+    creds = cp.enroll(node_id, NodeSpec.from_metadata(metadata), tls_dir / node_id)
+    assert creds is not None
+    return AdsClient(
+        f"127.0.0.1:{cp.port}",
+        node_id,
+        metadata,
+        credentials=creds.channel_credentials(),
+        **kw,
+    )
 
 
 @dataclass
@@ -125,11 +148,13 @@ SidecarFactory = Callable[..., Any]
 
 @pytest.fixture
 async def sidecars(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
-    """start(cp_port, node_id, app, role=..., version=..., xds_api="sotw", wait=True) -> Sidecar."""
+    """start(cp, node_id, app, role=..., version=..., xds_api="sotw", wait=True) -> Sidecar.
+
+    The sidecar is enrolled with the control plane (registered spec, its own certificate)."""
     started: list[EnvoyProcess] = []
 
     async def start(
-        xds_port: int,
+        cp: ControlPlane,
         node_id: str,
         app: TestApp,
         role: str = "apigw",
@@ -146,12 +171,14 @@ async def sidecars(tmp_path: Path) -> AsyncIterator[SidecarFactory]:
             outbound=outbound or {},
             labels={"role": role, "version": version, "environment": "test"},
         )
+        workdir = tmp_path / node_id
+        tls = cp.enroll(node_id, spec, workdir / "tls")
+        assert cp.port is not None
         envoy = EnvoyProcess(
             node_id,
-            bootstrap_config(node_id, "127.0.0.1", xds_port, spec, xds_api=xds_api),
-            workdir=tmp_path / node_id,
+            bootstrap_config(node_id, "127.0.0.1", cp.port, spec, xds_api=xds_api, tls=tls),
+            workdir=workdir,
         )
-        envoy.workdir.mkdir(parents=True, exist_ok=True)
         started.append(envoy)
         envoy.start()
         if wait:

@@ -8,6 +8,7 @@ import httpx
 
 from switchback.xds.cache import CLUSTER, ENDPOINT, ROUTE, StreamEvent
 from switchback.xds.control import ControlPlane
+from switchback.xds.pki import Authority
 from switchback.xds.resources import REDIRECT_HEADER
 
 from .conftest import Sidecar, SidecarFactory, free_port, push_bad_route, wait_until
@@ -87,7 +88,7 @@ async def test_delta_sends_only_what_changed_and_removes_after_the_route(
     await cp.set_endpoints("billing", [("127.0.0.1", c.port)])
     await cp.set_endpoints("apigw-new", [("127.0.0.1", c.port)])
     outbound = {"scenario": scenario_port, "billing": free_port()}
-    await sidecars(cp.port, "n1", app_factory("apigw"), outbound=outbound, xds_api="delta")
+    await sidecars(cp, "n1", app_factory("apigw"), outbound=outbound, xds_api="delta")
     assert (await cp.wait_acked({"id": "n1"}, timeout=5)).ok
 
     # One service's endpoints change: that one load assignment is all that goes out.
@@ -121,7 +122,7 @@ async def test_delta_sends_only_what_changed_and_removes_after_the_route(
 async def test_delta_nack_is_recorded_and_last_good_config_kept(
     cp: ControlPlane, sidecars: SidecarFactory, app_factory
 ) -> None:
-    sc = await sidecars(cp.port, "old-1", app_factory("old"), xds_api="delta")
+    sc = await sidecars(cp, "old-1", app_factory("old"), xds_api="delta")
     good = cp.nodes()[0]["acked_version"]
     bad = push_bad_route(cp, "old-1")
     report = await cp.wait_acked({"id": "old-1"}, bad.version, timeout=5)
@@ -144,9 +145,9 @@ async def test_delta_nack_is_recorded_and_last_good_config_kept(
 
 
 async def test_delta_control_plane_restart(
-    state_file: Path, sidecars: SidecarFactory, app_factory
+    state_file: Path, authority: Authority, sidecars: SidecarFactory, app_factory
 ) -> None:
-    cp1 = ControlPlane(state_file=state_file)
+    cp1 = ControlPlane(state_file=state_file, authority=authority)
     port = await cp1.start()
     try:
         old, _new = await _redirect_setup(cp1, sidecars, app_factory, xds_api="delta")
@@ -158,7 +159,8 @@ async def test_delta_control_plane_restart(
         await cp1.stop(0)
     assert await get_app(old.url) == "new"  # control plane down: last config keeps serving
 
-    cp2 = ControlPlane(state_file=state_file)
+    # A new process would load the CA and the registered nodes from disk: so does this one.
+    cp2 = ControlPlane(state_file=state_file, authority=Authority(authority.directory))
     await cp2.start(port=port)
     try:
         await wait_until(
@@ -189,10 +191,10 @@ async def test_delta_control_plane_restart(
 async def test_sotw_and_delta_nodes_on_one_control_plane(
     cp: ControlPlane, sidecars: SidecarFactory, app_factory
 ) -> None:
-    new = await sidecars(cp.port, "new-1", app_factory("new"), version="new", xds_api="delta")
+    new = await sidecars(cp, "new-1", app_factory("new"), version="new", xds_api="delta")
     await cp.set_endpoints("apigw-new", [("127.0.0.1", new.listen_port)])
-    sotw = await sidecars(cp.port, "old-sotw", app_factory("old-s"), xds_api="sotw")
-    delta = await sidecars(cp.port, "old-delta", app_factory("old-d"), xds_api="delta")
+    sotw = await sidecars(cp, "old-sotw", app_factory("old-s"), xds_api="sotw")
+    delta = await sidecars(cp, "old-delta", app_factory("old-d"), xds_api="delta")
     assert {n["id"]: n["api"] for n in cp.nodes()} == {
         "new-1": "delta",
         "old-sotw": "sotw",

@@ -28,7 +28,7 @@ async def test_sidecar_connects_and_serves_local_app(
     cp: ControlPlane, sidecars: SidecarFactory, app_factory
 ) -> None:
     app = app_factory("old")
-    sc = await sidecars(cp.port, "old-1", app)
+    sc = await sidecars(cp, "old-1", app)
     async with httpx.AsyncClient(timeout=5.0) as c:
         r = await c.get(f"{sc.url}/hello")
     assert r.status_code == 200
@@ -43,8 +43,8 @@ async def _redirect_setup(
     cp: ControlPlane, sidecars: SidecarFactory, app_factory, xds_api: str = "sotw"
 ):
     old_app, new_app = app_factory("old"), app_factory("new")
-    old = await sidecars(cp.port, "old-1", old_app, xds_api=xds_api)
-    new = await sidecars(cp.port, "new-1", new_app, version="new", xds_api=xds_api)
+    old = await sidecars(cp, "old-1", old_app, xds_api=xds_api)
+    new = await sidecars(cp, "new-1", new_app, version="new", xds_api=xds_api)
     await cp.set_endpoints("apigw-new", [("127.0.0.1", new.listen_port)])
     return old, new
 
@@ -137,7 +137,7 @@ async def test_invalid_update_is_nacked_and_last_good_config_kept(
     cp: ControlPlane, sidecars: SidecarFactory, app_factory
 ) -> None:
     app = app_factory("old")
-    sc = await sidecars(cp.port, "old-1", app)
+    sc = await sidecars(cp, "old-1", app)
     good = cp.nodes()[0]["acked_version"]
 
     # The typed API refuses what Envoy would refuse...
@@ -181,7 +181,7 @@ async def test_outbound_listener_resolves_peer_through_eds(
     scenario_a, scenario_b = app_factory("scenario-a"), app_factory("scenario-b")
     out_port = free_port()
     await cp.set_endpoints("scenario", [("127.0.0.1", scenario_a.port)])
-    await sidecars(cp.port, "apigw-1", app_factory("apigw"), outbound={"scenario": out_port})
+    await sidecars(cp, "apigw-1", app_factory("apigw"), outbound={"scenario": out_port})
     async with httpx.AsyncClient(timeout=5.0) as c:
         # The app calls its peer role through its own sidecar's outbound listener.
         assert (await c.get(f"http://127.0.0.1:{out_port}/run")).json()["app"] == "scenario-a"

@@ -13,6 +13,8 @@ from switchback.xds.client import AdsClient
 from switchback.xds.control import ControlPlane
 from switchback.xds.state import StateStore
 
+from .conftest import enrolled_client
+
 OLD = {"role": "apigw", "version": "current"}
 
 
@@ -22,12 +24,12 @@ def sidecar_md(**kw: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def clients(cp: ControlPlane) -> AsyncIterator[Callable[..., Any]]:
+async def clients(cp: ControlPlane, tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
     made: list[AdsClient] = []
 
     async def make(node_id: str, **kw: Any) -> AdsClient:
         reject = kw.pop("reject", None)
-        c = AdsClient(f"127.0.0.1:{cp.port}", node_id, sidecar_md(**kw), reject=reject)
+        c = enrolled_client(cp, node_id, sidecar_md(**kw), tmp_path / "tls", reject=reject)
         made.append(c)
         await c.start()
         return c
@@ -119,14 +121,12 @@ async def test_redirect_applies_to_nodes_that_connect_later(cp: ControlPlane, cl
     assert cp.nodes()[0]["acked_version"] >= v
 
 
-async def test_node_reconnecting_with_new_metadata_gets_new_config(
-    cp: ControlPlane, clients
-) -> None:
+async def test_node_reenrolled_with_a_new_spec_gets_new_config(cp: ControlPlane, clients) -> None:
     c = await clients("n1", listen_port=1000)
     assert (await cp.wait_acked(None, timeout=5, expect=["n1"])).ok
     v1 = cp.nodes()[0]["version"]
     await c.stop()
-    c2 = await clients("n1", listen_port=2000)  # same id, restarted elsewhere
+    c2 = await clients("n1", listen_port=2000)  # same id, restarted elsewhere (enrolled anew)
     await c2.wait_for(lambda c: "inbound" in c.resources[LISTENER])
     assert c2.resources[LISTENER]["inbound"].address.socket_address.port_value == 2000
     assert (await cp.wait_acked(None, timeout=5, expect=["n1"])).ok

@@ -7,6 +7,7 @@ from pathlib import Path
 import httpx
 
 from switchback.xds.control import ControlPlane
+from switchback.xds.pki import Authority
 
 from .conftest import Sidecar, SidecarFactory, wait_until
 
@@ -34,13 +35,13 @@ async def get_app(url: str) -> str:
 
 
 async def test_control_plane_restart(
-    state_file: Path, sidecars: SidecarFactory, app_factory
+    state_file: Path, authority: Authority, sidecars: SidecarFactory, app_factory
 ) -> None:
-    cp1 = ControlPlane(state_file=state_file)
+    cp1 = ControlPlane(state_file=state_file, authority=authority)
     port = await cp1.start()
     try:
-        old = await sidecars(port, "old-1", app_factory("old"))
-        new = await sidecars(port, "new-1", app_factory("new"), version="new")
+        old = await sidecars(cp1, "old-1", app_factory("old"))
+        new = await sidecars(cp1, "new-1", app_factory("new"), version="new")
         await cp1.set_endpoints("apigw-new", [("127.0.0.1", new.listen_port)])
         v1 = await cp1.set_redirect(OLD, "apigw-new")
         assert (await cp1.wait_acked(None, v1, timeout=5)).ok
@@ -54,7 +55,8 @@ async def test_control_plane_restart(
     assert await get_app(old.url) == "new"
     assert await get_app(new.url) == "new"
 
-    cp2 = ControlPlane(state_file=state_file)
+    # A new process would load the CA and the registered nodes from disk: so does this one.
+    cp2 = ControlPlane(state_file=state_file, authority=Authority(authority.directory))
     await cp2.start(port=port)
     try:
         await wait_until(
@@ -83,9 +85,9 @@ async def test_control_plane_restart(
 async def test_wait_acked_covers_all_sidecars_and_reports_disconnected(
     cp: ControlPlane, sidecars: SidecarFactory, app_factory
 ) -> None:
-    new = await sidecars(cp.port, "new-1", app_factory("new"), version="new")
+    new = await sidecars(cp, "new-1", app_factory("new"), version="new")
     await cp.set_endpoints("apigw-new", [("127.0.0.1", new.listen_port)])
-    olds = [await sidecars(cp.port, f"old-{i}", app_factory(f"old{i}")) for i in range(3)]
+    olds = [await sidecars(cp, f"old-{i}", app_factory(f"old{i}")) for i in range(3)]
 
     v = await cp.set_redirect(OLD, "apigw-new")
     report = await cp.wait_acked(OLD, v, timeout=5)

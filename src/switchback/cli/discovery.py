@@ -85,21 +85,34 @@ def environment(controller: Controller, name: str | None) -> Environment:
 
 STANDALONE_XDS_ADMIN = "http://127.0.0.1:18001"
 XDS_TOKEN_ENV = "SWITCHBACK_XDS_TOKEN"
+XDS_TOKEN_FILE = "xds-admin-token"
+
+
+def xds_admin_token(data: Path | None) -> str | None:
+    """The token of a standalone control plane's admin API: SWITCHBACK_XDS_TOKEN, else the one
+    `switchback xds serve` keeps in DATA (``xds-admin-token``)."""
+    import os
+
+    token = os.environ.get(XDS_TOKEN_ENV, "").strip()
+    if token:
+        return token
+    try:
+        return ((data or DEFAULT_DATA) / XDS_TOKEN_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def xds_nodes_endpoint(admin: str | None, data: Path | None) -> tuple[str, dict[str, str], str]:
     """Where `xds status` reads the nodes: (URL, headers, what to call it in messages).
 
     ``--admin URL`` given: a standalone control plane (`switchback xds serve`), its token from
-    SWITCHBACK_XDS_TOKEN. Else the controller `switchback up` runs in DATA (its own token),
+    SWITCHBACK_XDS_TOKEN or DATA. Else the controller `switchback up` runs in DATA (its own token),
     else the standalone default address."""
-    import os
-
     if admin is None:
         ctl = running_controller(data)
         if ctl is not None:
             return f"{ctl.url}/xds/nodes", ctl.headers, f"the controller in {ctl.data}"
         admin = STANDALONE_XDS_ADMIN
-    token = os.environ.get(XDS_TOKEN_ENV)
+    token = xds_admin_token(data)
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return f"{admin.rstrip('/')}/nodes", headers, f"the control plane at {admin}"

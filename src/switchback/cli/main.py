@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -106,4 +107,13 @@ _register()
 
 
 def main() -> None:
+    from switchback import datadir
+
+    try:
+        # Everything this process and its children create (data dir, store, logs, keys) is
+        # private unless SWITCHBACK_UMASK says otherwise (see switchback/datadir.py).
+        datadir.apply_umask()
+    except ValueError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from None
     app(prog_name="switchback")

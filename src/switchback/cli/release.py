@@ -14,6 +14,7 @@ import typer
 from rich.live import Live
 from rich.table import Table
 
+from switchback import datadir
 from switchback.cli import discovery
 from switchback.cli.common import (
     actor,
@@ -96,7 +97,7 @@ def _ensure_controller(data: Path, timeout: float = 30) -> bool:
     info = read_info(data)
     if info and processes.alive(info.get("pid")):
         return False
-    data.mkdir(parents=True, exist_ok=True)
+    datadir.make_dir(data)
     pid = processes.spawn(
         [sys.executable, "-m", "switchback.cli", "controller", "run", "--data", str(data)],
         data / "controller.log",

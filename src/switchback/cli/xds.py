@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import httpx
 import typer
 
+from switchback.cli import discovery
 from switchback.cli.common import column, err, out, print_table, table
 
 app = typer.Typer(help="Our xDS control plane for the Envoy sidecars.", no_args_is_help=True)
@@ -21,15 +24,45 @@ AdminOpt = typer.Option(
     envvar="SWITCHBACK_XDS_ADMIN",
     help="Admin URL of the control plane",
 )
+DataOpt = typer.Option(
+    Path(".switchback"),
+    "--data",
+    envvar="SWITCHBACK_DATA",
+    help="Data directory: xds-state.json, the CA (xds-ca/) and the admin token (xds-admin-token)",
+)
+TOKEN_ENV = discovery.XDS_TOKEN_ENV
+TOKEN_FILE = discovery.XDS_TOKEN_FILE
 SelectorOpt = typer.Option(
     "", "--selector", "-s", help="Node selector, e.g. role=apigw,version=current ('' = all)"
 )
 JsonOpt = typer.Option(False, "--json", help="Print JSON")
 
 
+def admin_token(data: Path) -> str | None:
+    """The admin API's token: SWITCHBACK_XDS_TOKEN, else the one `xds serve` keeps in DATA."""
+    return discovery.xds_admin_token(data)
+
+
+def _serve_token(data: Path) -> str:
+    token = admin_token(data)
+    if token is None:
+        from switchback import datadir
+
+        token = secrets.token_urlsafe(24)
+        datadir.write_file(data / TOKEN_FILE, token + "\n", secret=True)
+    return token
+
+
 def _call(method: str, url: str, **kw: Any) -> Any:
+    headers = kw.pop("headers", None)
+    if headers is None:
+        token = admin_token(kw.pop("data", Path(".switchback")))
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+    else:
+        kw.pop("data", None)
+        token = headers.get("Authorization")
     try:
-        r = httpx.request(method, url, timeout=kw.pop("timeout", 30.0), **kw)
+        r = httpx.request(method, url, timeout=kw.pop("timeout", 30.0), headers=headers, **kw)
     except httpx.HTTPError as e:
         err.print(f"[red]cannot reach the control plane at {url}: {e}[/red]")
         if "127.0.0.1:18001" in url:
@@ -39,7 +72,8 @@ def _call(method: str, url: str, **kw: Any) -> Any:
             )
         raise typer.Exit(2) from e
     if r.status_code >= 400:
-        err.print(f"[red]{r.status_code}: {r.text}[/red]")
+        hint = f" (set {TOKEN_ENV} or --data)" if r.status_code == 401 and not token else ""
+        err.print(f"[red]{r.status_code}: {r.text}{hint}[/red]")
         raise typer.Exit(1)
     return r.json()
 
@@ -50,20 +84,34 @@ def serve(
     port: int = typer.Option(18000, help="ADS (gRPC) port"),
     admin_host: str = typer.Option("127.0.0.1", help="Admin HTTP listen address"),
     admin_port: int = typer.Option(18001, help="Admin HTTP port"),
+    data: Path = DataOpt,
     state_file: str = typer.Option(
-        ".switchback/xds-state.json",
+        "",
         envvar="SWITCHBACK_XDS_STATE",
-        help="Versions and intent survive restarts here ('' = none, time-based versions)",
+        help="Versions, intent and registered nodes survive restarts here "
+        "[default: DATA/xds-state.json]",
     ),
 ) -> None:
-    """Run the ADS server and its admin HTTP endpoints."""
+    """Run the ADS server (mutual TLS: every node needs a certificate, see `switchback sidecar
+    bootstrap --enroll`) and its admin HTTP endpoints (bearer token: SWITCHBACK_XDS_TOKEN, or
+    generated into DATA/xds-admin-token)."""
+    from switchback import datadir
     from switchback.xds.admin import serve as serve_all
     from switchback.xds.control import ControlPlane
+    from switchback.xds.pki import Authority
 
-    cp = ControlPlane(state_file=state_file or None)
-    out.print(f"xDS on {host}:{port}, admin on http://{admin_host}:{admin_port}")
+    data = datadir.make_dir(data.resolve())
+    token = _serve_token(data)
+    cp = ControlPlane(
+        state_file=state_file or data / "xds-state.json", authority=Authority(data / "xds-ca")
+    )
+    where = TOKEN_ENV if os.environ.get(TOKEN_ENV) else str(data / TOKEN_FILE)
+    out.print(
+        f"xDS (mutual TLS) on {host}:{port}, admin on http://{admin_host}:{admin_port} "
+        f"(token: {where})"
+    )
     try:
-        asyncio.run(serve_all(cp, host, port, admin_host, admin_port))
+        asyncio.run(serve_all(cp, token, host, port, admin_host, admin_port))
     except KeyboardInterrupt:
         pass
 
@@ -94,9 +142,7 @@ def status(
     ),
 ) -> None:
     """Nodes with connection state, versions sent/ACKed and the last NACK."""
-    from switchback.cli.discovery import xds_nodes_endpoint
-
-    url, headers, where = xds_nodes_endpoint(admin, data)
+    url, headers, where = discovery.xds_nodes_endpoint(admin, data)
     listing = _call("GET", url, params={"selector": selector}, headers=headers)
     if as_json:
         out.print_json(json.dumps(listing))
@@ -142,12 +188,13 @@ def _selector_arg(text: str) -> dict[str, Any]:
     return parse_selector(text)
 
 
-def _wait(admin: str, selector: dict[str, Any], version: int, timeout: float) -> None:
+def _wait(admin: str, data: Path, selector: dict[str, Any], version: int, timeout: float) -> None:
     rep = _call(
         "POST",
         f"{admin}/wait-acked",
         json={"selector": selector, "version": version, "timeout": timeout},
         timeout=timeout + 5,
+        data=data,
     )
     if not any(rep[k] for k in ("acked", "pending", "nacked", "disconnected")):
         out.print("[yellow]no node matches the selector[/yellow]")
@@ -173,11 +220,13 @@ def redirect(
     admin: str = AdminOpt,
     wait: bool = typer.Option(True, help="Wait for every selected node's ACK"),
     timeout: float = typer.Option(10.0),
+    data: Path = DataOpt,
 ) -> None:
     """Send all traffic of the selected sidecars to the target service."""
     sel = _selector_arg(selector)
-    v = _call("POST", f"{admin}/redirect", json={"selector": sel, "target": target})["version"]
-    _wait(admin, sel, v, timeout) if wait else out.print(f"version {v}")
+    body = {"selector": sel, "target": target}
+    v = _call("POST", f"{admin}/redirect", json=body, data=data)["version"]
+    _wait(admin, data, sel, v, timeout) if wait else out.print(f"version {v}")
 
 
 @app.command()
@@ -186,11 +235,12 @@ def clear(
     admin: str = AdminOpt,
     wait: bool = typer.Option(True, help="Wait for every selected node's ACK"),
     timeout: float = typer.Option(10.0),
+    data: Path = DataOpt,
 ) -> None:
     """Send the selected sidecars' traffic back to their local app."""
     sel = _selector_arg(selector)
-    v = _call("POST", f"{admin}/redirect/clear", json={"selector": sel})["version"]
-    _wait(admin, sel, v, timeout) if wait else out.print(f"version {v}")
+    v = _call("POST", f"{admin}/redirect/clear", json={"selector": sel}, data=data)["version"]
+    _wait(admin, data, sel, v, timeout) if wait else out.print(f"version {v}")
 
 
 @app.command()
@@ -198,11 +248,11 @@ def endpoints(
     service: str = typer.Argument(...),
     addresses: list[str] = typer.Argument(None, help="IP:PORT ... (none = no endpoints)"),
     admin: str = AdminOpt,
+    data: Path = DataOpt,
 ) -> None:
     """Set the endpoints of a service (EDS)."""
-    v = _call("PUT", f"{admin}/services/{service}/endpoints", json={"endpoints": addresses or []})[
-        "version"
-    ]
+    url = f"{admin}/services/{service}/endpoints"
+    v = _call("PUT", url, json={"endpoints": addresses or []}, data=data)["version"]
     out.print(f"version {v}")
 
 
@@ -212,6 +262,7 @@ def wait(
     version: int = typer.Option(None, help="Version (default: each node's latest)"),
     admin: str = AdminOpt,
     timeout: float = typer.Option(10.0),
+    data: Path = DataOpt,
 ) -> None:
     """Wait until every selected node has ACKed a version."""
-    _wait(admin, _selector_arg(selector), version, timeout)
+    _wait(admin, data, _selector_arg(selector), version, timeout)

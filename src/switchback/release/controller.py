@@ -23,6 +23,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from switchback import datadir
 from switchback.engine import (
     DecisionRefused,
     Engine,
@@ -44,6 +45,7 @@ from switchback.runtime.processes import free_port
 from switchback.store import open_store
 from switchback.store.records import COMPLETED, FINAL, ROLLING_BACK, RUNNING, TxRecord
 from switchback.xds.control import ControlPlane
+from switchback.xds.pki import Authority
 
 log = logging.getLogger("switchback.controller")
 
@@ -61,8 +63,7 @@ def read_info(data: Path) -> dict[str, Any] | None:
 
 class Controller:
     def __init__(self, data: Path, *, admin_port: int = 0, xds_port: int = 0) -> None:
-        self.data = data.resolve()
-        self.data.mkdir(parents=True, exist_ok=True)
+        self.data = datadir.make_dir(data.resolve())
         previous = read_info(self.data) or {}
         self.admin_port = admin_port or previous.get("admin_port") or free_port()
         # The same xDS port after a restart: running sidecars reconnect to it.
@@ -70,7 +71,12 @@ class Controller:
         self.token = previous.get("token") or secrets.token_urlsafe(24)
         # The apps' admin token, handed to every instance (the controller calls their API).
         self.app_token = previous.get("app_token") or secrets.token_urlsafe(24)
-        self.cp = ControlPlane(state_file=self.data / "xds-state.json")
+        # Envoys prove their node id with a certificate from this CA (mutual TLS); the CA, the
+        # registered nodes and their pinned certificates survive a restart, so running
+        # sidecars reconnect to the restarted controller.
+        self.cp = ControlPlane(
+            state_file=self.data / "xds-state.json", authority=Authority(self.data / "xds-ca")
+        )
         # The apps accept the operator's tokens (if any) and the controller's own.
         tokens = ",".join(
             t
@@ -94,7 +100,7 @@ class Controller:
                    "xds_port": self.xds_port},
         )  # fmt: skip
         await self.cp.start("127.0.0.1", self.xds_port)
-        self.runtime.root.mkdir(parents=True, exist_ok=True)
+        datadir.make_dir(self.runtime.root)
         self.runtime.load()
         await self.runtime.adopt()
         release_scenario.RUNTIME = self.runtime
@@ -131,16 +137,14 @@ class Controller:
         log.info("controller stopped")
 
     def _write_info(self) -> None:
-        path = info_path(self.data)
-        tmp = path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            json.dump(
+        datadir.write_file(
+            info_path(self.data),
+            json.dumps(
                 {"pid": os.getpid(), "admin_port": self.admin_port, "xds_port": self.xds_port,
                  "token": self.token, "app_token": self.app_token, "url": f"http://127.0.0.1:{self.admin_port}"},
-                f,
-            )  # fmt: skip
-        os.replace(tmp, path)
+            ),
+            secret=True,
+        )  # fmt: skip
 
     # -- API -----------------------------------------------------------------------------------
 

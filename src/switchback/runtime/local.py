@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 import yaml
 
+from switchback import datadir
 from switchback.runtime import processes
 from switchback.xds.control import AckReport, ControlPlane
 from switchback.xds.resources import NodeSpec
@@ -163,13 +164,12 @@ class LocalRuntime:
             }
 
     def save(self) -> None:
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(
+        datadir.write_file(
+            self.state_file,
             json.dumps(
                 {"environments": {k: e.to_dict() for k, e in self.environments.items()}}, indent=1
-            )
+            ),
         )
-        os.replace(tmp, self.state_file)
 
     def env(self, name: str) -> Environment:
         try:
@@ -186,16 +186,24 @@ class LocalRuntime:
     # -- processes -----------------------------------------------------------------------------
 
     def _envoy(self, node_id: str, spec: NodeSpec, admin_port: int) -> int:
-        workdir = self.root / "envoy" / node_id
-        workdir.mkdir(parents=True, exist_ok=True)
+        workdir = datadir.make_dir(self.root / "envoy" / node_id)
+        # The control plane serves this spec (not what the Envoy reports), and only to the holder
+        # of these fresh credentials; an earlier certificate of this node id is revoked.
+        creds = self.cp.enroll(node_id, spec, workdir / "tls")
         cfg = workdir / "bootstrap.yaml"
-        cfg.write_text(
+        datadir.write_file(
+            cfg,
             yaml.safe_dump(
-                bootstrap_config(node_id, "127.0.0.1", self.xds_port, spec, admin_port),
+                bootstrap_config(node_id, "127.0.0.1", self.xds_port, spec, admin_port, tls=creds),
                 sort_keys=False,
-            )
+            ),
         )
         return processes.spawn(envoy_args(str(cfg)), workdir / "envoy.log")
+
+    def _enrolled(self, node_id: str) -> bool:
+        """Was this node's Envoy spawned with credentials the control plane accepts? An Envoy
+        started by a version without xDS credentials cannot reconnect: it is replaced."""
+        return self.cp.registered(node_id) is not None
 
     def _start_instance(self, env: Environment, inst: Instance) -> None:
         outbound = (
@@ -588,13 +596,18 @@ class LocalRuntime:
         restarted = []
         for env in self.environments.values():
             for key, p in env.proxies.items():
-                if not processes.alive(p.pid):
+                if not processes.alive(p.pid) or not self._enrolled(p.node_id):
+                    await asyncio.to_thread(processes.stop, p.pid, 5)  # frees its port
                     if key != "ingress":
                         p.port, p.admin_port = processes.free_port(), processes.free_port()
                     self._start_proxy(env, key)
                     restarted.append(p.node_id)
             for inst in env.instances:
-                if not (processes.alive(inst.app_pid) and processes.alive(inst.envoy_pid)):
+                if not (
+                    processes.alive(inst.app_pid)
+                    and processes.alive(inst.envoy_pid)
+                    and self._enrolled(inst.id)
+                ):
                     await asyncio.to_thread(self._stop_instance, inst)
                     inst.app_port, inst.sidecar_port = processes.free_port(), processes.free_port()
                     inst.admin_port = processes.free_port()

@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from switchback import datadir
+
 _GIVEN: set[int] = set()  # ports handed out by this process (not bound yet, maybe)
 
 
@@ -63,8 +65,9 @@ def alive(pid: int | None) -> bool:
 
 
 def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
+    datadir.make_dir(log.parent)
+    fd = datadir.open_file(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    with os.fdopen(fd, "ab") as out:
         proc = subprocess.Popen(
             argv,
             stdout=out,
@@ -72,6 +75,7 @@ def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> int:
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # own process group: stopped as a group, survives our exit
             env=env,
+            umask=datadir.umask(),  # what the child creates in the data dir is private too
         )
     return proc.pid
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from switchback import datadir
 from switchback.store.base import (
     DuplicateIdempotencyKey,
     FencedOut,
@@ -463,7 +464,9 @@ class SQLiteStore(Store):
             return None, exc
 
     def _open_sync(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        datadir.make_dir(self.path.parent)
+        # Created private before SQLite opens it: its -wal and -shm files take the db's mode.
+        os.close(datadir.open_file(self.path, os.O_RDWR | os.O_CREAT))
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
         sync = "NORMAL" if self._fsync else self.synchronous

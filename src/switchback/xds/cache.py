@@ -219,6 +219,11 @@ class SnapshotCache:
             wake()
         self.notify(node_id)
 
+    def wake(self, node_id: str) -> None:
+        """Wake the node's streams without a new snapshot (e.g. its credentials changed)."""
+        for wake in tuple(self._watchers.get(node_id, ())):
+            wake()
+
     def clear_snapshot(self, node_id: str) -> None:
         self._snapshots.pop(node_id, None)
 

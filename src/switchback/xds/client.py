@@ -28,6 +28,7 @@ from google.protobuf import struct_pb2
 from google.rpc import status_pb2
 
 from switchback.xds.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE
+from switchback.xds.pki import CHANNEL_OPTIONS
 
 _MSG = {
     CLUSTER: cluster_pb2.Cluster,
@@ -58,6 +59,8 @@ class AdsClient:
     # Return an error text to NACK a response instead of ACKing it.
     reject: Callable[[str, dict[str, Any]], str | None] | None = None
     channel: grpc.aio.Channel | None = None  # share one channel among many clients
+    # mutual TLS (pki.NodeCredentials.channel_credentials()); None = plaintext
+    credentials: grpc.ChannelCredentials | None = None
 
     def __post_init__(self) -> None:
         self.resources: dict[str, dict[str, Any]] = {t: {} for t in _MSG}
@@ -70,10 +73,17 @@ class AdsClient:
         self._own_channel = False
         self._changed = asyncio.Event()
         self.connected = asyncio.Event()
+        self.ended = asyncio.Event()  # the stream is over (see `error`)
+        self.error: grpc.aio.AioRpcError | None = None
 
     async def start(self) -> None:
         if self.channel is None:
-            self.channel = grpc.aio.insecure_channel(self.target)
+            if self.credentials is not None:
+                self.channel = grpc.aio.secure_channel(
+                    self.target, self.credentials, options=CHANNEL_OPTIONS
+                )
+            else:
+                self.channel = grpc.aio.insecure_channel(self.target)
             self._own_channel = True
         self._task = asyncio.create_task(self._run())
 
@@ -119,8 +129,14 @@ class AdsClient:
         self._out.put_nowait(self._request(LISTENER))
         call = stub.StreamAggregatedResources(self._requests())
         self.connected.set()
-        async for resp in call:
-            self._on_response(resp)
+        try:
+            async for resp in call:
+                self._on_response(resp)
+        except grpc.aio.AioRpcError as e:
+            self.error = e  # e.g. refused: wrong or missing credentials
+        finally:
+            self.ended.set()
+            self._changed.set()
 
     def _on_response(self, resp: discovery_pb2.DiscoveryResponse) -> None:
         t = resp.type_url

@@ -7,8 +7,15 @@
     report = await cp.wait_acked({"role": "apigw", "version": "current"}, v, timeout=5)
     assert report.ok, report
 
-Selectors are dicts matched against a node's labels: its bootstrap metadata (kind, role,
-version, environment, ...) plus `id` and `cluster`; a list value means "any of".
+Selectors are dicts matched against a node's labels: its registered spec's labels (kind, role,
+version, environment, ...; for an unregistered node on a plaintext control plane, its bootstrap
+metadata) plus `id` and `cluster`; a list value means "any of".
+
+With an `Authority` the control plane serves ADS over mutual TLS only, and a stream must prove
+the node id it names: the client certificate's URI SAN is the node's identity, the node must be
+registered (`enroll` / `register_node`), and if a certificate was pinned at enrollment only that
+one is accepted. What a node reports in its metadata never changes its config: the registered
+spec does.
 """
 
 from __future__ import annotations
@@ -25,9 +32,12 @@ import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc
 
 from switchback.xds.cache import SHORT_NAMES, NodeStatus, Selector, SnapshotCache, matches
+from switchback.xds.pki import Authority, NodeCredentials, fingerprint, node_identity
 from switchback.xds.resources import NodeSpec, build_snapshot, validate_endpoints
-from switchback.xds.server import AdsServicer
-from switchback.xds.state import StateStore
+from switchback.xds.server import Admission, AdsServicer, Refused
+from switchback.xds.state import Registration, StateStore
+
+_LOOPBACK = ("127.0.0.1", "::1", "[::1]", "localhost")
 
 
 @dataclass
@@ -80,19 +90,26 @@ def node_view(st: NodeStatus, snapshot_version: int | None) -> dict[str, Any]:
 class ControlPlane:
     """Our xDS control plane: intent in, versioned snapshots per node out, over ADS."""
 
-    def __init__(self, state_file: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        state_file: str | os.PathLike[str] | None = None,
+        authority: Authority | None = None,
+    ) -> None:
         self.cache = SnapshotCache()
         self.cache.on_new_node = self._on_new_node
         self.state = StateStore(state_file)
+        self.authority = authority
         self._specs: dict[str, NodeSpec] = {}
-        self._registered: dict[str, NodeSpec] = {}
         self._server: grpc.aio.Server | None = None
         self.port: int | None = None
         self._lock = asyncio.Lock()
 
     # --- lifecycle -----------------------------------------------------------------------
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """Serve ADS on host:port (0 = pick a free port); returns the bound port."""
+        """Serve ADS on host:port (0 = pick a free port); returns the bound port.
+
+        With an authority: mutual TLS. Without: plaintext, and only on loopback (tests and
+        benchmarks; anyone who can connect could then speak for any node)."""
         server = grpc.aio.server(
             options=[
                 # Envoy keeps one long-lived stream; answer its keepalive pings.
@@ -102,9 +119,15 @@ class ControlPlane:
             ]
         )
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(
-            AdsServicer(self.cache, self._version_seen), server
+            AdsServicer(self.cache, self._version_seen, self._admit), server
         )
-        self.port = server.add_insecure_port(f"{host}:{port}")
+        if self.authority is not None:
+            creds = self.authority.server_credentials(host)
+            self.port = server.add_secure_port(f"{host}:{port}", creds)
+        elif host in _LOOPBACK:
+            self.port = server.add_insecure_port(f"{host}:{port}")
+        else:
+            raise ValueError(f"plaintext ADS only on loopback, not {host!r}: give an Authority")
         await server.start()
         self._server = server
         return self.port
@@ -115,16 +138,99 @@ class ControlPlane:
             self._server = None
 
     # --- nodes ---------------------------------------------------------------------------
-    def register_node(self, node_id: str, spec: NodeSpec) -> None:
-        """Declare a node's spec by API; otherwise it comes from its bootstrap metadata."""
-        self._registered[node_id] = spec
+    def register_node(
+        self, node_id: str, spec: NodeSpec, cert_fingerprint: str | None = None
+    ) -> None:
+        """Declare what a node is (persisted): the control plane serves it this spec, whatever
+        the node reports. `cert_fingerprint` pins the one client certificate accepted from it
+        (None keeps the pinned one; a new one revokes the previous certificate)."""
+        old = self.state.registrations.get(node_id)
+        if cert_fingerprint is None:
+            cert_fingerprint = old.fingerprint if old is not None else ""
+        self.state.registrations[node_id] = Registration(spec, cert_fingerprint)
+        if old is not None and old.fingerprint != cert_fingerprint:
+            self.cache.wake(node_id)  # a stream holding the replaced certificate is ended
         self._specs[node_id] = spec
+        st = self.cache.status(node_id)
+        if st is not None:
+            st.cluster, st.metadata = self._declared(spec)
         fresh = self.cache.snapshot(node_id) is None
         self._rebuild([node_id], self.state.version if fresh else self._bump())
+        self.state.save()
+
+    def enroll(
+        self, node_id: str, spec: NodeSpec, directory: str | os.PathLike[str]
+    ) -> NodeCredentials | None:
+        """Register a node and write its new credentials to `directory` (for an Envoy spawned
+        on this host); any certificate issued before for this node id stops being accepted.
+        Returns None on a plaintext control plane (nothing to write)."""
+        if self.authority is None:
+            self.register_node(node_id, spec)
+            return None
+        creds = self.authority.enroll_files(node_id, directory)
+        self.register_node(node_id, spec, creds.fingerprint)
+        return creds
+
+    def enroll_request(self, node_id: str, spec: NodeSpec, csr_pem: str) -> dict[str, str]:
+        """Register a node and sign its certificate request (the key stays with the node).
+        -> {"certificate", "ca", "identity"} as PEM text."""
+        if self.authority is None:
+            raise ValueError("this control plane serves plaintext ADS: there is nothing to sign")
+        cert = self.authority.sign_request(node_id, csr_pem)
+        self.register_node(node_id, spec, fingerprint(cert))
+        return {
+            "certificate": cert.decode(),
+            "ca": self.authority.trust_bundle().decode(),
+            "identity": node_identity(node_id),
+        }
+
+    def registered(self, node_id: str) -> NodeSpec | None:
+        reg = self.state.registrations.get(node_id)
+        return reg.spec if reg is not None else None
+
+    @staticmethod
+    def _declared(spec: NodeSpec) -> tuple[str, dict[str, Any]]:
+        """(cluster, metadata) of a registered node, as its bootstrap would say it."""
+        return spec.labels.get("role") or spec.kind, spec.to_metadata()
+
+    def _admit(self, node_id: str, cluster: str, metadata: dict[str, Any], auth: Any) -> Admission:
+        """May this stream speak for `node_id`? -> what it is known by, and the check that it
+        still may (re-asked when the node's registration or config changes)."""
+        reg = self.state.registrations.get(node_id)
+        valid: Any = lambda: True  # noqa: E731
+        if self.authority is not None:
+            denied = grpc.StatusCode.PERMISSION_DENIED
+            peer = b"".join(auth.get("peer_spiffe_id", [])[:1]).decode(errors="replace")
+            try:
+                want = node_identity(node_id)
+            except ValueError as e:
+                raise Refused(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
+            if peer != want:
+                raise Refused(
+                    denied,
+                    f"the client certificate is for {peer or 'no node'}, not {want}",
+                )
+            if reg is None:
+                raise Refused(denied, f"node {node_id!r} is not registered (enroll it first)")
+            pem = b"".join(auth.get("x509_pem_cert", [])[:1])
+            presented = fingerprint(pem) if pem else ""
+            if reg.fingerprint and presented != reg.fingerprint:
+                raise Refused(
+                    denied,
+                    f"this certificate of node {node_id!r} was replaced by a newer one",
+                )
+
+            def valid() -> bool:
+                now = self.state.registrations.get(node_id)
+                return now is not None and now.fingerprint in ("", presented)
+
+        if reg is not None:
+            return Admission(*self._declared(reg.spec), valid=valid)
+        return Admission(cluster, metadata, valid=valid)
 
     def _on_new_node(self, st: NodeStatus) -> None:
         try:
-            spec = self._registered.get(st.id) or NodeSpec.from_metadata(st.metadata)
+            spec = self.registered(st.id) or NodeSpec.from_metadata(st.metadata)
         except (ValueError, TypeError) as e:
             st.error = f"bad node metadata: {e}"  # visible in nodes(); no config is sent
             return
@@ -238,8 +344,13 @@ class ControlPlane:
         return sorted(out, key=lambda n: n["id"])
 
     def forget_node(self, node_id: str) -> None:
+        """A node that is gone for good: its status, config and registration (so its
+        certificate is not accepted any more)."""
         self.cache.forget(node_id)
         self._specs.pop(node_id, None)
+        if self.state.registrations.pop(node_id, None) is not None:
+            self.state.save()
+            self.cache.wake(node_id)  # a stream still open for it is ended
 
     def _classify(self, st: NodeStatus, version: int | None) -> tuple[str, str]:
         """-> (acked | pending | nacked | disconnected, NACK error text)."""

@@ -30,7 +30,7 @@ import contextlib
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -400,12 +400,47 @@ class _DeltaStream(_Stream):
         )
 
 
-class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
-    """The ADS endpoint: state of the world and delta, from the same snapshot cache."""
+class Refused(Exception):
+    """A stream that may not speak for the node it names (ends the call with `code`)."""
 
-    def __init__(self, cache: SnapshotCache, on_version_seen: Any = None) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@dataclass
+class Admission:
+    """What an admitted stream is known by, and whether its credentials still hold (asked
+    again whenever the node's config or registration changes: a revoked stream is ended)."""
+
+    cluster: str
+    metadata: dict[str, Any]
+    valid: Callable[[], bool] = lambda: True
+
+
+# admit(node id, cluster, reported metadata, the call's auth context) -> Admission; raises
+# Refused. The default believes what the node says.
+Admit = Callable[[str, str, dict[str, Any], Mapping[str, Any]], Admission]
+
+
+def _believe(
+    node_id: str, cluster: str, metadata: dict[str, Any], auth: Mapping[str, Any]
+) -> Admission:
+    return Admission(cluster, metadata)
+
+
+class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    """The ADS endpoint: state of the world and delta, from the same snapshot cache.
+
+    `admit` runs on a stream's first request, before the node counts as connected: a stream it
+    refuses never touches the node's status, snapshot or config (see ControlPlane._admit)."""
+
+    def __init__(
+        self, cache: SnapshotCache, on_version_seen: Any = None, admit: Admit | None = None
+    ) -> None:
         self.cache = cache
         self.on_version_seen = on_version_seen or (lambda node_id, v: None)
+        self.admit = admit or _believe
 
     # grpc.aio needs the handlers themselves to be async generators; `aclosing` runs the
     # stream's cleanup (node disconnected) as soon as the call ends.
@@ -448,6 +483,8 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
 
         reader = asyncio.create_task(read())
         stream: _Stream | None = None
+        admission: Admission | None = None
+        stream_id = ""
         cancel_watch = None
         woken = False
 
@@ -470,6 +507,12 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                         break
                     if it is _WAKE:
                         woken = False
+                        if admission is not None and not admission.valid():
+                            log.warning("%s: credentials revoked, ending its stream", stream_id)
+                            await context.abort(
+                                grpc.StatusCode.PERMISSION_DENIED,
+                                f"the credentials of node {stream_id!r} were revoked",
+                            )
                         continue
                     if stream is None:
                         if not it.HasField("node") or not it.node.id:
@@ -477,8 +520,25 @@ class AdsServicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
                                 grpc.StatusCode.INVALID_ARGUMENT, "first request must name the node"
                             )
                         md = json_format.MessageToDict(it.node.metadata)
+                        try:
+                            admission = self.admit(
+                                it.node.id, it.node.cluster, md, context.auth_context()
+                            )
+                        except Refused as e:
+                            log.warning(
+                                "refused an ADS stream from %s for node %r: %s",
+                                context.peer(),
+                                it.node.id,
+                                e,
+                            )
+                            await context.abort(e.code, str(e))
+                        stream_id = it.node.id
                         status = self.cache.node_connected(
-                            it.node.id, it.node.cluster, md, context.peer(), make_stream.api
+                            it.node.id,
+                            admission.cluster,
+                            admission.metadata,
+                            context.peer(),
+                            make_stream.api,
                         )
                         stream = make_stream(self.cache, status, self.on_version_seen)
                         cancel_watch = self.cache.watch(it.node.id, wake)

@@ -1,7 +1,8 @@
 """Envoy bootstrap generation, locating the envoy binary, and running Envoy as a child.
 
-The bootstrap holds only the node identity (id + metadata that tells the control plane what
-the node is) and the way to the ADS server; every listener, route and cluster comes over xDS.
+The bootstrap holds only the node identity (id + metadata, informative: the control plane
+serves the spec it registered), the way to the ADS server and the node's credentials for it
+(mutual TLS, see xds/pki.py); every listener, route and cluster comes over xDS.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Any
 import httpx
 import yaml
 
+from switchback import datadir
+from switchback.xds.pki import SERVER_IDENTITY, NodeCredentials
 from switchback.xds.resources import NodeSpec
 
 # `--xds-api`: the ADS protocol a node speaks -> Envoy's ApiConfigSource.api_type.
@@ -37,12 +40,14 @@ def bootstrap_config(
     admin_port: int = 0,
     cluster: str | None = None,
     xds_api: str = "sotw",
+    tls: NodeCredentials | None = None,
 ) -> dict[str, Any]:
     """The Envoy bootstrap as a dict (dump it as YAML or JSON).
 
     `xds_api` is `sotw` (state of the world) or `delta` (incremental xDS). Every config source
     (CDS and LDS here, EDS and RDS in the resources we send) is `ads`, so the protocol of the
-    ADS stream is the protocol of all of them."""
+    ADS stream is the protocol of all of them. `tls`: the node's credentials (mutual TLS to the
+    control plane); None only for a plaintext control plane (tests)."""
     if xds_api not in XDS_APIS:
         raise ValueError(f"unknown xDS API {xds_api!r} (expected one of {', '.join(XDS_APIS)})")
 
@@ -56,6 +61,9 @@ def bootstrap_config(
         xds_type = "STATIC"
     except ValueError:
         xds_type = "STRICT_DNS"
+    xds_cluster: dict[str, Any] = {}
+    if tls is not None:
+        xds_cluster["transport_socket"] = xds_transport_socket(tls)
     return {
         "node": {
             "id": node_id,
@@ -92,6 +100,7 @@ def bootstrap_config(
                     "name": "xds",
                     "type": xds_type,
                     "connect_timeout": "1s",
+                    **xds_cluster,
                     "typed_extension_protocol_options": {
                         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -124,6 +133,32 @@ def bootstrap_config(
                     },
                 }
             ]
+        },
+    }
+
+
+def xds_transport_socket(tls: NodeCredentials) -> dict[str, Any]:
+    """TLS to the control plane: present the node's certificate, accept only a server
+    certificate from our CA that names the control plane (URI SAN)."""
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [
+                    {
+                        "certificate_chain": {"filename": str(tls.cert)},
+                        "private_key": {"filename": str(tls.key)},
+                    }
+                ],
+                "validation_context": {
+                    "trusted_ca": {"filename": str(tls.ca)},
+                    "match_typed_subject_alt_names": [
+                        {"san_type": "URI", "matcher": {"exact": SERVER_IDENTITY}}
+                    ],
+                },
+            },
         },
     }
 
@@ -205,18 +240,23 @@ class EnvoyProcess:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sb-envoy-")))
 
     def start(self) -> None:
+        datadir.make_dir(self.workdir)
         cfg = self.workdir / "bootstrap.yaml"
-        cfg.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        datadir.write_file(cfg, yaml.safe_dump(self.config, sort_keys=False))
         admin_path = self.workdir / "admin-address"
         admin_path.unlink(missing_ok=True)
         self._admin_path = admin_path
-        log = open(self.log_path or self.workdir / "envoy.log", "ab")
+        log_fd = datadir.open_file(
+            self.log_path or self.workdir / "envoy.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND
+        )
+        log = os.fdopen(log_fd, "ab")
         try:
             self.proc = subprocess.Popen(
                 envoy_args(str(cfg), str(admin_path)),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                umask=datadir.umask(),  # what Envoy writes (the admin address file) is private
             )
         finally:
             log.close()

@@ -99,9 +99,15 @@ class MakeUp:
         }
 
     def stop(self) -> None:
+        """After a failed test: Ctrl-C first (it stops its peers, which live in their own process
+        groups), SIGKILL only if that does not end it."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
 
 
 def switchback(*args: str, data: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:

@@ -1,12 +1,14 @@
 """The cutover, measured: the naive switch (only the main selector changes, as in the seed)
-next to a switchback release, under the same steady keep-alive load through the ingress.
+next to a switchback release, under the same steady keep-alive load through the ingress; then,
+under that load still, an abort of a second release after its redirect.
 
-    .venv/bin/python bench/cutover.py [--connections 20] [--rate 200] [--after 10]
+    .venv/bin/python bench/cutover.py [--connections 32] [--rate 400] [--after 10]
 
 Prints, for each: requests served by the old version after the switch point, failed requests,
 and the time until 100% of responses come from the new version. The switch point is, for the
 naive switch, when the selector change was ACKed; for the release, when every old sidecar ACKed
-the redirect (the time to 100% new is counted from the start of the redirect step).
+the redirect (the time to 100% new is counted from the start of the redirect step). Then the
+whole release and the whole abort, end to end as the caller sees them, with each step's share.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import asyncio
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from switchback.release.client import ControllerClient
 from switchback.runtime.traffic import CutoverReport, Traffic, analyse
@@ -41,9 +44,27 @@ async def naive(data: Path, connections: int, rate: float, after: float) -> Cuto
         ctl.down()
 
 
+def steps(r: dict[str, Any]) -> str:
+    return "  ".join(
+        f"{b['name']} {b['ended_at'] - b['started_at']:.2f}"
+        for b in r["blocks"]
+        if b["started_at"] and b["ended_at"]
+    )
+
+
+def undo_steps(r: dict[str, Any], began: float) -> str:
+    """Each UNDO's share of an abort: the rollback runs them newest first, one after the other."""
+    done = sorted((b["ended_at"], b["name"]) for b in r["blocks"] if b["status"] == "undone")
+    out, last = [], began
+    for ended, name in done:
+        out.append(f"{name} {ended - last:.2f}")
+        last = ended
+    return "  ".join(out)
+
+
 async def release(
     data: Path, connections: int, rate: float, after: float
-) -> tuple[CutoverReport, dict[str, float]]:
+) -> tuple[CutoverReport, dict[str, str]]:
     ctl = ControllerClient(data)
     ctl.up(APP, env="production", version="v1")
     try:
@@ -54,34 +75,54 @@ async def release(
         began = time.time()
         r = await ctl.call(
             "POST", "/releases",
-            {"environment": "production", "version": "v2", "app_dir": str(APP), "wait": True, "drain_timeout": 10},
+            {"environment": "production", "version": "v2", "app_dir": str(APP), "wait": True},
         )  # fmt: skip
+        released = time.time() - began
         if r["status"] != "completed":
             raise RuntimeError(f"release ended {r['status']}: {r['error']}")
-        await asyncio.sleep(after / 5)
+        redirect = next(b for b in r["blocks"] if b["name"] == "redirect_old")
+        drain = next(b for b in r["blocks"] if b["name"] == "drain_old")["output"]
+        # The abort: a release of v3 waits for approval after its redirect (the old sidecars,
+        # v2's, forward to v3), then is aborted: redirect cleared, standby back, v3 drained away.
+        r3 = await ctl.call(
+            "POST", "/releases",
+            {"environment": "production", "version": "v3", "app_dir": str(APP), "wait": True,
+             "approval": "switch"},
+        )  # fmt: skip
+        if r3["status"] != "waiting":
+            raise RuntimeError(f"release of v3 ended {r3['status']}: {r3['error']}")
+        abort_began = time.time()
+        r3 = await ctl.call("POST", f"/releases/{r3['xid']}/abort", {"reason": "bench"})
+        aborted = time.time() - abort_began
+        if r3["status"] != "rolled_back":
+            raise RuntimeError(f"abort ended {r3['status']}: {r3['error']}")
+        undrained = next(b for b in r3["blocks"] if b["name"] == "deploy_new")["undo_output"]
+        await traffic.wait_for_samples(connections * 5, sent_after=time.time())
         samples = await traffic.stop()
-        steps = {b["name"]: b for b in r["blocks"]}
-        redirect = steps["redirect_old"]
         report = analyse(
             samples, redirect["ended_at"], "v1", "v2", promote_at=redirect["started_at"]
         )
+        after_abort = [s for s in samples if s.sent >= r3["updated_at"]]
         timings = {
-            "release total s": round(r["updated_at"] - began, 2),
-            "redirect step s (push + every ACK)": round(
-                redirect["ended_at"] - redirect["started_at"], 3
-            ),
-        }
+            "whole release s": f"{released:.2f}  ({steps(r)})",
+            "release drain": f"{'HIT ITS LIMIT' if drain['timed_out'] else 'done'} in {drain['seconds']} s",
+            "redirect step s (push + every ACK)": f"{redirect['ended_at'] - redirect['started_at']:.3f}",
+            "whole abort s (after the redirect)": f"{aborted:.2f}  ({undo_steps(r3, abort_began)})",
+            "abort drain": f"{'HIT ITS LIMIT' if undrained['timed_out'] else 'done'} in {undrained['seconds']} s",
+            "after the abort: failed / served by v3": f"{sum(1 for s in after_abort if not s.ok)} / "
+            f"{sum(1 for s in after_abort if s.version == 'v3')}",
+        }  # fmt: skip
         return report, timings
     finally:
-        ctl.down()
+        ctl.down(forget=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--connections", type=int, default=20)
-    ap.add_argument("--rate", type=float, default=200, help="requests per second in all")
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--rate", type=float, default=400, help="requests per second in all")
     ap.add_argument(
         "--after", type=float, default=10, help="seconds observed after the naive switch"
     )

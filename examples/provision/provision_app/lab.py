@@ -14,14 +14,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import getpass
+import json
 import os
+import select
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -143,19 +144,48 @@ def _moto_server() -> str | None:
     return str(beside) if beside.exists() else shutil.which("moto_server")
 
 
-def start_moto(workdir: Path, timeout: float = 30.0) -> Moto:
+MOTO_STATE = "moto-state.jsonl"  # in the lab's folder (make up's DATA/provision-lab)
+MOTO_SEED = 20240611  # any fixed number: with it, replaying the recording gives the same ids
+
+
+def start_moto(workdir: Path, timeout: float = 30.0, state: Path | None = None) -> Moto:
+    """moto's server on a free port. moto keeps its state in memory; with ``state`` (a file) it
+    survives a restart: moto's recorder appends every request to the file, and a later start
+    replays it. Resource ids stay the same because the first recorded request seeds moto's
+    random generator (``/moto-api/seed``), and a replay repeats the same requests in order."""
     exe = _moto_server()
     if exe is None:
         raise LabError("moto_server not found: pip install 'moto[server]'")
     port = free_port()
-    proc = spawn("moto_server", [exe, "-H", "127.0.0.1", "-p", str(port)], workdir / "moto.log")
+    env = (
+        {"MOTO_ENABLE_RECORDING": "True", "MOTO_RECORDER_FILEPATH": str(state.resolve())}
+        if state
+        else {}
+    )
+    proc = spawn(
+        "moto_server", [exe, "-H", "127.0.0.1", "-p", str(port)], workdir / "moto.log", env=env
+    )
     moto = Moto(proc, f"http://127.0.0.1:{port}")
     try:
         wait_until("moto_server", lambda: _port_open(port), [proc], timeout)
+        if state:
+            _restore_moto(moto, state, timeout)
     except BaseException:
         proc.stop()
         raise
     return moto
+
+
+def _restore_moto(moto: Moto, state: Path, timeout: float) -> None:
+    import httpx
+
+    with httpx.Client(base_url=moto.url, timeout=timeout) as client:
+        if state.exists() and state.stat().st_size > 0:
+            r = client.post("/moto-api/recorder/replay-recording")
+        else:
+            r = client.post("/moto-api/seed", params={"a": MOTO_SEED})  # recorded: replayed first
+    if r.status_code != 200:
+        raise LabError(f"moto_server could not restore {state}: {r.status_code} {r.text[:500]}")
 
 
 # ------------------------------------------------------------------------------ NETCONF device
@@ -173,6 +203,7 @@ class NetconfDevice:
     known_hosts: Path
     workdir: Path
     procs: list[Proc] = field(default_factory=list)
+    sockdir: Path | None = None  # netconfd's socket folder in /tmp, removed by stop()
 
     def settings(self, timeout: float = 10.0) -> dict[str, Any]:
         """This device's entry in the app's device inventory."""
@@ -192,6 +223,9 @@ class NetconfDevice:
         for p in reversed(self.procs):
             p.stop()
         self.procs.clear()
+        if self.sockdir is not None:
+            shutil.rmtree(self.sockdir, ignore_errors=True)
+            self.sockdir = None
 
 
 def netconf_available() -> str | None:
@@ -219,14 +253,15 @@ def start_netconf_device(
     if why:
         raise LabError(f"cannot start a NETCONF device: {why}")
     workdir.mkdir(parents=True, exist_ok=True)
-    # netconfd and its subsystem talk over a Unix socket, whose path must stay short (108 bytes).
-    sockdir = Path(tempfile.mkdtemp(prefix="sbnc-"))
-    sock = sockdir / "ncx.sock"
     host_key, user_key = workdir / "ssh_host_ed25519_key", workdir / "id_ed25519"
     for key in (host_key, user_key):
         if not key.exists():
             _keygen(key)
     (workdir / "authorized_keys").write_text(Path(f"{user_key}.pub").read_text())
+    # netconfd and its subsystem talk over a Unix socket, whose path must stay short (108 bytes):
+    # a folder in /tmp, removed by NetconfDevice.stop().
+    sockdir = Path(tempfile.mkdtemp(prefix="sbnc-"))
+    sock = sockdir / "ncx.sock"
     port = free_port()
     host_pub = Path(f"{host_key}.pub").read_text().split()
     known_hosts = workdir / "known_hosts"
@@ -258,7 +293,7 @@ def start_netconf_device(
     home = workdir / "netconfd-home"
     home.mkdir(exist_ok=True)
     device = NetconfDevice(
-        name, "127.0.0.1", port, getpass.getuser(), user_key, known_hosts, workdir
+        name, "127.0.0.1", port, getpass.getuser(), user_key, known_hosts, workdir, sockdir=sockdir
     )
     try:
         netconfd = spawn(
@@ -329,13 +364,15 @@ def write_inventory(path: Path, devices: dict[str, dict[str, Any]]) -> None:
 
 @contextlib.contextmanager
 def peers(workdir: Path) -> Iterator[tuple[Moto | None, NetconfDevice | None, list[str]]]:
-    """Start what can be started here; yield (moto, device, notes on what could not)."""
+    """Start what can be started here; yield (moto, device, notes on what could not). moto's
+    state (the VMs) is kept in ``moto-state.jsonl`` across restarts: earlier transactions' VMs
+    are still there after the next ``make up``."""
     notes: list[str] = []
     moto: Moto | None = None
     device: NetconfDevice | None = None
     try:
         try:
-            moto = start_moto(workdir)
+            moto = start_moto(workdir, state=workdir / MOTO_STATE)
         except LabError as exc:
             notes.append(f"AWS peer not started: {exc}")
         why = netconf_available()
@@ -403,50 +440,112 @@ def up(app: Path, data: Path, port: int) -> int:
         # The whole platform: the controller (xDS + runtime) deploys the app as v1 of
         # `production` — every role with its Envoy sidecar, services, and an ingress whose
         # public port is `port`. The instances inherit the peers' settings from `env`.
-        started = subprocess.run(
-            [sb, "up", str(app), "--data", str(data), "--public-port", str(port)],
-            env={**os.environ, **env},
-        )
-        if started.returncode != 0:
-            return started.returncode
-        print(f"\nswitchback serves {app} at {url}  (Ctrl-C stops it and the peers)")
-        if moto:
-            print(f"  AWS (moto_server)  {moto.url}")
-        if device:
-            print(
-                f"  NETCONF device     leaf1: ssh -p {device.port} -i {device.key_filename} "
-                f"{device.username}@127.0.0.1 -s netconf"
+        stop = _Stop()  # Ctrl-C or SIGTERM from here on: stop the platform, then the peers
+        try:
+            started = subprocess.run(
+                [sb, "up", str(app), "--data", str(data), "--public-port", str(port)],
+                env={**os.environ, **env},
             )
-        if router:
+            if started.returncode != 0 or stop.requested:
+                return started.returncode or 130
+            controller = _controller_pid(data)
+            print(f"\nswitchback serves {app} at {url}  (Ctrl-C stops it and the peers)")
+            if moto:
+                print(f"  AWS (moto_server)  {moto.url}")
+            if device:
+                print(
+                    f"  NETCONF device     leaf1: ssh -p {device.port} -i {device.key_filename} "
+                    f"{device.username}@127.0.0.1 -s netconf"
+                )
+            if router:
+                print(
+                    f"  FRR router         edge1: ip netns exec {router.netns} vtysh -N "
+                    f"{router.pathspace}  (or: python -m provision_app.lab vtysh)"
+                )
+            print(f"  device inventory   {inventory}")
+            print("  try (README.md, 'Walkthrough: the provision example'):")
             print(
-                f"  FRR router         edge1: ip netns exec {router.netns} vtysh -N "
-                f"{router.pathspace}  (or: python -m provision_app.lab vtysh)"
+                f"    curl -s {url}/foo/bar -H 'Content-Type: application/json' -d @{app}/request.json"
             )
-        print(f"  device inventory   {inventory}")
-        print("  try (README.md, 'Walkthrough: the provision example'):")
-        print(
-            f"    curl -s {url}/foo/bar -H 'Content-Type: application/json' -d @{app}/request.json"
-        )
-        if router:
-            route = '{"router": "edge1", "prefix": "198.51.100.0/24", "next_hop": "192.0.2.254"}'
-            print(f"    curl -s {url}/routes -H 'Content-Type: application/json' -d '{route}'")
-        print(f"    curl -s {url}/transactions -H 'Authorization: Bearer {token}'")
-        print(f"    {sb} release status --data {data}")
-        if moto:
-            print(
-                f"    env for boto3 / aws cli: {' '.join(f'{k}={v}' for k, v in moto.env().items())}"
-            )
-        print("", flush=True)
-        stop = threading.Event()
+            if router:
+                route = (
+                    '{"router": "edge1", "prefix": "198.51.100.0/24", "next_hop": "192.0.2.254"}'
+                )
+                print(f"    curl -s {url}/routes -H 'Content-Type: application/json' -d '{route}'")
+            print(f"    curl -s {url}/transactions -H 'Authorization: Bearer {token}'")
+            print(f"    {sb} release status --data {data}")
+            if moto:
+                print(
+                    f"    env for boto3 / aws cli: {' '.join(f'{k}={v}' for k, v in moto.env().items())}"
+                )
+            print("", flush=True)
+            if stop.wait_or_exit(controller):
+                print("stopping the platform and the peers...", flush=True)
+            else:
+                print(
+                    "\nthe platform was stopped (switchback down): stopping the peers...",
+                    flush=True,
+                )
+            return 0
+        finally:
+            stop.restore()
+            # Whatever happened (a failed start, Ctrl-C, an error here): nothing of the platform
+            # stays running. `down` is a no-op when the controller is gone already.
+            subprocess.run([sb, "down", "--data", str(data)], stdout=subprocess.DEVNULL)
 
-        def _terminate(signum: int, frame: object) -> None:
-            stop.set()
 
-        signal.signal(signal.SIGTERM, _terminate)  # stop the platform and the peers on SIGTERM too
-        signal.signal(signal.SIGINT, _terminate)
-        stop.wait()
-        subprocess.run([sb, "down", "--data", str(data)])
-        return 0
+class _Stop:
+    """SIGINT/SIGTERM as an event this process can wait for together with another process's
+    exit (a pidfd): `make up` ends when the user stops it or when `switchback down` stopped the
+    controller from another terminal."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._previous = {
+            sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.requested = True
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._write, b"x")
+
+    def wait_or_exit(self, pid: int | None) -> bool:
+        """Block until a stop is requested (True) or process ``pid`` exits (False)."""
+        watched = [self._read]
+        pidfd = None
+        if pid is not None:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except ProcessLookupError:
+                return self.requested
+            watched.append(pidfd)
+        try:
+            while not self.requested:
+                ready, _, _ = select.select(watched, [], [])
+                if pidfd is not None and pidfd in ready:
+                    return self.requested
+            return True
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        os.close(self._read)
+        os.close(self._write)
+
+
+def _controller_pid(data: Path) -> int | None:
+    try:
+        info = json.loads((data / "controller.json").read_text())
+    except (OSError, ValueError):
+        return None
+    pid = info.get("pid")
+    return int(pid) if pid else None
 
 
 def _lab_env(data: Path) -> dict[str, str]:
@@ -465,6 +564,10 @@ def show(data: Path, xid: str | None) -> int:
 
     ec2 = settings.ec2_client()
     filters = [{"Name": f"tag:{settings.TAG_XID}", "Values": [xid or "*"]}]
+    print(
+        f"(moto's state is kept across restarts of make up in {data / 'provision-lab' / MOTO_STATE};"
+        " the device and the router start empty)"
+    )
     print("EC2 instances (tag switchback:xid):")
     for r in ec2.describe_instances(Filters=filters)["Reservations"]:
         for i in r["Instances"]:

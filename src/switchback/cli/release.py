@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging.config
 import sys
 import time
 from pathlib import Path
@@ -79,13 +80,23 @@ def controller_run(
     xds_port: int = typer.Option(0, "--xds-port"),
 ) -> None:
     """Run the controller in the foreground."""
+    from switchback.gateway.logs import log_config
+
+    # JSON lines on stderr (controller.log when `up` starts it), like every instance's log.
+    logging.config.dictConfig(log_config("controller", "info"))
     asyncio.run(Controller(data, admin_port=admin_port, xds_port=xds_port).run())
 
 
-def _ensure_controller(data: Path, timeout: float = 30) -> None:
+def _log_tail(path: Path, lines: int = 20) -> str:
+    tail = processes.tail(path, lines)
+    return f"last lines of {path}:\n{tail}" if tail else f"{path} is empty"
+
+
+def _ensure_controller(data: Path, timeout: float = 30) -> bool:
+    """Start the controller unless one runs for ``data``. True if this call started it."""
     info = read_info(data)
     if info and processes.alive(info.get("pid")):
-        return
+        return False
     datadir.make_dir(data)
     pid = processes.spawn(
         [sys.executable, "-m", "switchback.cli", "controller", "run", "--data", str(data)],
@@ -97,16 +108,17 @@ def _ensure_controller(data: Path, timeout: float = 30) -> None:
         if info and info.get("pid") == pid:
             try:
                 if httpx.get(info["url"] + "/healthz", timeout=1).status_code == 200:
-                    return
+                    return True
             except httpx.HTTPError:
                 pass
         processes.reap(pid)
         if not processes.alive(pid):
-            tail = (data / "controller.log").read_text(errors="replace")[-3000:]
-            fail(f"the controller exited during start-up:\n{tail}")
+            fail(f"the controller exited during start-up; {_log_tail(data / 'controller.log')}")
         if time.monotonic() > deadline:
+            processes.stop(pid)
             fail(
-                f"the controller did not start within {timeout:g} s (see {data / 'controller.log'})"
+                f"the controller did not start within {timeout:g} s; "
+                f"{_log_tail(data / 'controller.log')}"
             )
         time.sleep(0.05)
 
@@ -128,15 +140,28 @@ def up(
     """Start the control plane (xDS + runtime + releases) and deploy APP_DIR as the current
     version of an environment: every role with its Envoy sidecar, services, an ingress."""
     data = data.resolve()
-    _ensure_controller(data)
-    res = call(
-        data, "POST", "/environments",
-        {"environment": env, "app_dir": str(app_dir.resolve()), "version": version,
-         "public_port": public_port, "standby_port": standby_port},
-        timeout=180,
-    )  # fmt: skip
+    started = _ensure_controller(data)
+    try:
+        res = call(
+            data, "POST", "/environments",
+            {"environment": env, "app_dir": str(app_dir.resolve()), "version": version,
+             "public_port": public_port, "standby_port": standby_port},
+            timeout=240,
+        )  # fmt: skip
+    except typer.Exit:
+        err.print(_log_tail(data / "controller.log"))
+        if started:  # a failed start leaves nothing running that it started
+            err.print("stopping what this start began (controller, proxies, instances)")
+            _stop_controller(data)
+        raise
     info = read_info(data) or {}
-    out.print(f"[green]{env}[/green] runs [bold]{res['current']}[/bold] of {app_dir}")
+    if res.get("restarted"):
+        out.print(
+            f"[green]{env}[/green] restarted: it runs [bold]{res['current']}[/bold] of "
+            f"{res.get('app_dir')} (what ran before; `switchback down --forget` starts afresh)"
+        )
+    else:
+        out.print(f"[green]{env}[/green] runs [bold]{res['current']}[/bold] of {app_dir}")
     out.print(f"  public URL:   {res['public']}")
     out.print(f"  standby URL:  {res['standby']}   (the new version, during a release)")
     out.print(f"  controller:   {info.get('url')}   (its token: {data / 'controller.json'})")
@@ -165,23 +190,44 @@ def _admin_tokens() -> str:
     return "Authorization: Bearer <your token>, from SWITCHBACK_ADMIN_TOKENS: " + ", ".join(names)
 
 
-def down(data: Path = DataOpt) -> None:
-    """Stop everything `switchback up` started."""
+def _stop_controller(data: Path, forget: bool = False) -> None:
+    info = read_info(data) or {}
+    call(data, "POST", "/shutdown", {"forget": forget}, timeout=120)
+    deadline = time.monotonic() + 30
+    while processes.alive(info.get("pid")) and time.monotonic() < deadline:
+        processes.reap(info["pid"])
+        time.sleep(0.05)
+    if processes.alive(info.get("pid")):
+        processes.stop(info["pid"])
+
+
+def down(
+    data: Path = DataOpt,
+    forget: bool = typer.Option(
+        False,
+        "--forget",
+        help="Also forget the environments: the next `up` deploys afresh instead of restarting "
+        "what ran (the stores and the release history stay)",
+    ),
+) -> None:
+    """Stop everything `switchback up` started (the controller, every instance, sidecar and
+    proxy; `make up` then stops its peers too). The next `up` restarts what ran."""
     data = data.resolve()
     info = read_info(data)
     if not info or not processes.alive(info.get("pid")):
         out.print("nothing is running")
         return
-    call(data, "POST", "/shutdown", timeout=120)
-    deadline = time.monotonic() + 30
-    while processes.alive(info["pid"]) and time.monotonic() < deadline:
-        processes.reap(info["pid"])
-        time.sleep(0.05)
+    _stop_controller(data, forget)
     out.print("stopped")
 
 
 MOVING = ("running", "rolling_back")
 POLL = 0.25  # seconds between two looks at a release that is moving
+
+
+def _moving(r: dict[str, Any]) -> bool:
+    # An abort of a running release parks it, then rolls it back: moving until that is done.
+    return r["status"] in MOVING or bool(r.get("aborting"))
 
 
 def _hints(r: dict[str, Any]) -> None:
@@ -220,6 +266,8 @@ def _summary(r: dict[str, Any], took: float | None) -> None:
     problem = (failed or {}).get("undo_error") or (failed or {}).get("error")
     if problem and r["status"] != "completed":
         out.print(f"  {problem['type']}: {problem['message']}")
+    for warning in r.get("warnings") or []:
+        out.print(f"[yellow]warning:[/yellow] {warning}")
     _hints(r)
 
 
@@ -270,13 +318,13 @@ def _follow(data: Path, r: dict[str, Any]) -> dict[str, Any]:
     try:
         if out.is_terminal:
             with Live(_step_table(r, time.time()), console=out, auto_refresh=False) as live:
-                while r["status"] in MOVING:
+                while _moving(r):
                     time.sleep(POLL)
                     r = call(data, "GET", f"/releases/{r['xid']}", timeout=30)
                     live.update(_step_table(r, time.time()), refresh=True)
         else:
             lines(r)
-            while r["status"] in MOVING:
+            while _moving(r):
                 time.sleep(POLL)
                 r = call(data, "GET", f"/releases/{r['xid']}", timeout=30)
                 lines(r)
@@ -339,6 +387,8 @@ def _decide(action: str, xid: str | None, env: str, reason: str | None, data: Pa
     r = call(
         data.resolve(), "POST", f"/releases/{target}/{action}?environment={env}", body, timeout=60
     )
+    if r.get("note"):
+        out.print(r["note"])
     _exit_for(_follow(data.resolve(), r))
 
 
@@ -374,7 +424,8 @@ def abort(
     reason: str | None = typer.Option(None, "--reason"),
     data: Path = DataOpt,
 ) -> None:
-    """Abort = roll back, make-before-break: traffic back on current, then the new version removed."""
+    """Abort = roll back, make-before-break: traffic back on current, then the new version
+    removed. A running release first stops at its next safe point (a smoke test at once)."""
     _decide("abort", xid, env, reason, data)
 
 
@@ -444,3 +495,8 @@ def status(env: str = EnvOpt, data: Path = DataOpt) -> None:
         step = r.get("step") or str(r["cursor"])
         rel.add_row(r["xid"], versions, styled(r["status"]), step)
     print_table(rel)
+    for r in s["releases"]:
+        if r.get("environment", env) != env:
+            continue
+        for warning in r.get("warnings") or []:
+            out.print(f"[yellow]warning:[/yellow] release {r['xid']}: {warning}")

@@ -320,10 +320,12 @@ class Gateway:
             violations = sc.validate_request(body)
             if violations:
                 raise invalid(violations)
-            # The scenario role answers a synchronous call within the transaction's timeout
-            # (plus a margin): wait that long, not just the default, for a long scenario.
+            # The scenario role answers a synchronous call once it got its resource locks (up to
+            # lock_timeout) and the transaction settled (its timeout, else the default wait):
+            # wait that long plus a margin, so its JSON answer, not this bound, is what the
+            # client gets.
             limit = sc.transaction.timeout
-            wait = (limit if limit else self.config.default_wait) + 30
+            wait = sc.transaction.lock_timeout + (limit if limit else self.config.default_wait) + 30
             return await self.forwarder.forward(request, dumps(body), timeout=wait)
         assert self.engine is not None
         # The engine validates before it creates anything (RequestInvalid → the same 422), so
@@ -393,6 +395,7 @@ class Gateway:
                 reason=body.get("reason"),
                 wait=False,
             )
+        log.info("decision", extra={"xid": xid, "action": action, "actor": actor})
         if tx.status in ACTIVE and not prefers_async(request):
             tx = await self.settle(tx)
         if tx.status in ACTIVE:

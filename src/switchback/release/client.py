@@ -38,9 +38,11 @@ class ControllerClient:
         if res.returncode != 0:
             raise ControllerError(res.returncode, res.stdout + res.stderr)
 
-    def down(self, timeout: float = 120) -> None:
+    def down(self, timeout: float = 120, *, forget: bool = False) -> None:
+        """`switchback down` (``forget``: the next `up` deploys afresh)."""
         subprocess.run(
-            [sys.executable, "-m", "switchback.cli", "down", "--data", str(self.data)],
+            [sys.executable, "-m", "switchback.cli", "down", "--data", str(self.data),
+             *(["--forget"] if forget else [])],
             capture_output=True, text=True, timeout=timeout,
         )  # fmt: skip
 

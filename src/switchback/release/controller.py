@@ -31,7 +31,7 @@ from switchback.engine import (
     RequestInvalid,
     UnknownTransaction,
 )
-from switchback.engine.errors import LockTimeout
+from switchback.engine.errors import Busy, LockTimeout
 from switchback.release import scenario as release_scenario
 from switchback.release.scenario import (
     POINT_OF_NO_RETURN,
@@ -43,7 +43,7 @@ from switchback.release.scenario import (
 from switchback.runtime.local import LocalRuntime, RuntimeError_
 from switchback.runtime.processes import free_port
 from switchback.store import open_store
-from switchback.store.records import FINAL, TxRecord
+from switchback.store.records import COMPLETED, FINAL, ROLLING_BACK, RUNNING, TxRecord
 from switchback.xds.control import ControlPlane
 from switchback.xds.pki import Authority
 
@@ -88,10 +88,17 @@ class Controller:
         )
         self.engine = Engine(release_app(), open_store(self.data / "controller"))
         self._stop = asyncio.Event()
+        self._background: set[asyncio.Future[Any]] = set()  # aborts under way
+        self._aborting: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
     async def run(self) -> None:
+        log.info(
+            "controller starting",
+            extra={"pid": os.getpid(), "data": str(self.data), "admin_port": self.admin_port,
+                   "xds_port": self.xds_port},
+        )  # fmt: skip
         await self.cp.start("127.0.0.1", self.xds_port)
         datadir.make_dir(self.runtime.root)
         self.runtime.load()
@@ -113,7 +120,10 @@ class Controller:
                 await serving  # raises the bind error
             await asyncio.sleep(0.01)
         self._write_info()
-        await self.engine.recover()  # a release interrupted by a controller crash goes on
+        log.info("controller ready", extra={"url": f"http://127.0.0.1:{self.admin_port}"})
+        taken = await self.engine.recover()  # a release interrupted by a controller crash goes on
+        if taken:
+            log.info("releases recovered", extra={"xids": taken})
         sweeper = asyncio.create_task(self.engine.sweep_forever(2.0))
         await self._stop.wait()
         server.should_exit = True
@@ -124,6 +134,7 @@ class Controller:
         await self.engine.close()
         await self.cp.stop(1.0)
         info_path(self.data).unlink(missing_ok=True)
+        log.info("controller stopped")
 
     def _write_info(self) -> None:
         datadir.write_file(
@@ -142,29 +153,40 @@ class Controller:
             async def wrapped(request: Request) -> JSONResponse:
                 given = request.headers.get("authorization", "").removeprefix("Bearer ").strip()
                 if not hmac.compare_digest(given.encode(), self.token.encode()):
+                    log.warning("refused: missing or wrong token", extra={"path": request.url.path})
                     return JSONResponse({"error": "missing or wrong controller token"}, 401)
                 try:
-                    return await handler(request)
-                except (json.JSONDecodeError, ValueError) as exc:
-                    return JSONResponse({"error": f"bad request: {exc}"}, 400)
-                except RequestInvalid as exc:
-                    return JSONResponse(
-                        {
-                            "error": "request does not match the schema",
-                            "detail": {"violations": exc.violations},
-                        },
-                        422,
-                    )
-                except UnknownTransaction as exc:
-                    return JSONResponse({"error": str(exc)}, 404)
-                except (DecisionRefused, LockTimeout) as exc:
-                    return JSONResponse({"error": str(exc)}, 409)
-                except RuntimeError_ as exc:
-                    return JSONResponse({"error": str(exc)}, 409)
-                except EngineError as exc:
-                    return JSONResponse({"error": str(exc)}, 400)
+                    response = await handler(request)
+                except Exception as exc:
+                    log.warning(
+                        "request failed",
+                        extra={"method": request.method, "path": request.url.path,
+                               "error": f"{type(exc).__name__}: {exc}"[:2000]},
+                    )  # fmt: skip
+                    return refused(exc)
+                return response
 
             return wrapped
+
+        def refused(exc: Exception) -> JSONResponse:
+            if isinstance(exc, (json.JSONDecodeError, ValueError)):
+                return JSONResponse({"error": f"bad request: {exc}"}, 400)
+            if isinstance(exc, RequestInvalid):
+                return JSONResponse(
+                    {
+                        "error": "request does not match the schema",
+                        "detail": {"violations": exc.violations},
+                    },
+                    422,
+                )
+            if isinstance(exc, UnknownTransaction):
+                return JSONResponse({"error": str(exc)}, 404)
+            if isinstance(exc, (DecisionRefused, LockTimeout, RuntimeError_)):
+                return JSONResponse({"error": str(exc)}, 409)
+            if isinstance(exc, EngineError):
+                return JSONResponse({"error": str(exc)}, 400)
+            log.error("internal error", exc_info=exc)
+            return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, 500)
 
         async def body(request: Request) -> dict[str, Any]:
             raw = await request.body()
@@ -194,23 +216,42 @@ class Controller:
             if not app_dir:
                 raise ValueError("app_dir is required")
             data_dir = d.get("data_dir") or str(self.data / "apps" / name)
-            env = await self.runtime.create_environment(
-                name, app_dir, data_dir, public_port=int(d.get("public_port") or 0),
-                standby_port=int(d.get("standby_port") or 0), replicas=d.get("replicas"),
-            )  # fmt: skip
-            if env.current is None:
-                await self.runtime.deploy(name, version, "current", app_dir)
-                for svc in (
-                    "apigw",
-                    "apigw-standby",
-                    "apigw-current",
-                    "scenario-current",
-                    "transaction-current",
-                ):
-                    await self.runtime.select(name, svc, version)
+            public_port = int(d.get("public_port") or 0)
+            created = name not in self.runtime.environments
+            try:
+                env = await self.runtime.create_environment(
+                    name, app_dir, data_dir, public_port=public_port,
+                    standby_port=int(d.get("standby_port") or 0), replicas=d.get("replicas"),
+                )  # fmt: skip
+                ingress = env.proxies["ingress"].port
+                if public_port and public_port != ingress:
+                    raise RuntimeError_(
+                        f"{name} already exists with its public port {ingress} (not {public_port}): "
+                        f"start it on {ingress}, or remove it with `switchback down --forget`"
+                    )
+                if env.current is None:
+                    await self.runtime.deploy(name, version, "current", app_dir)
+                    for svc in (
+                        "apigw",
+                        "apigw-standby",
+                        "apigw-current",
+                        "scenario-current",
+                        "transaction-current",
+                    ):
+                        await self.runtime.select(name, svc, version)
+                else:
+                    # Restarted by adopt() (after `down` or a crash): what ran before runs again.
+                    await self.runtime.wait_ready(name)
+            except BaseException:
+                if created:  # a failed `up` leaves nothing of what it started
+                    await self.runtime.remove_environment(name)
+                raise
+            log.info("environment up", extra={"environment": name, "current": env.current,
+                                              **self.runtime.urls(name)})  # fmt: skip
             return JSONResponse(
-                {"environment": name, "current": env.current, **self.runtime.urls(name)}
-            )
+                {"environment": name, "current": env.current, "app_dir": env.app_dir,
+                 "restarted": not created, **self.runtime.urls(name)}
+            )  # fmt: skip
 
         async def start_release(request: Request) -> JSONResponse:
             d = await body(request)
@@ -222,7 +263,10 @@ class Controller:
             if approval not in names:
                 raise ValueError("approval must be true, false, 'redirect' or 'switch'")
             name = names[approval]
-            tx = await self.engine.start(name, d, actor=str(d.pop("actor", None) or "cli"))
+            actor = str(d.pop("actor", None) or "cli")
+            tx = await self.engine.start(name, d, actor=actor)
+            log.info("release started", extra={"xid": tx.xid, "environment": d["environment"],
+                                               "version": d.get("version"), "actor": actor})  # fmt: skip
             if wait:
                 tx = await self.engine.wait(tx.xid)
             return JSONResponse(self._release_detail(tx), 200 if wait else 202)
@@ -241,15 +285,9 @@ class Controller:
                     tx.xid, "approval", {"approved": True}, actor=actor, reason=reason, wait=wait
                 )
             elif action in ("reject", "abort"):
-                past = [
-                    b for b in tx.blocks if b.name == POINT_OF_NO_RETURN and b.status != "pending"
-                ]
-                if past and tx.status not in FINAL:
-                    raise DecisionRefused(
-                        tx.xid,
-                        f"the release is past the point of no return ({POINT_OF_NO_RETURN}); roll it forward",
-                        tx.status,
-                    )
+                if tx.status == RUNNING and self.engine.is_running_here(tx.xid):
+                    return await self._abort_running(tx, action, actor, reason, wait)
+                self._refuse_past_point_of_no_return(tx)
                 tx = await self.engine.rollback(
                     tx.xid, actor=actor, reason=reason or action, wait=wait
                 )
@@ -257,6 +295,8 @@ class Controller:
                 tx = await self.engine.rollforward(tx.xid, actor=actor, reason=reason, wait=wait)
             else:
                 return JSONResponse({"error": f"unknown action {action!r}"}, 404)
+            log.info("decision", extra={"xid": tx.xid, "action": action, "actor": actor,
+                                        "status": tx.status})  # fmt: skip
             return JSONResponse(self._release_detail(tx))
 
         async def deploy(request: Request) -> JSONResponse:
@@ -284,7 +324,12 @@ class Controller:
             return JSONResponse({"nodes": self.cp.nodes(selector)})
 
         async def shutdown(request: Request) -> JSONResponse:
+            d = await body(request)
+            log.info("shutdown requested", extra={"forget": bool(d.get("forget"))})
             await self.runtime.shutdown()
+            if d.get("forget"):
+                for name in list(self.runtime.environments):
+                    await self.runtime.remove_environment(name)
             self._stop.set()
             return JSONResponse({"stopped": True})
 
@@ -301,6 +346,83 @@ class Controller:
             Route("/shutdown", guard(shutdown), methods=["POST"]),
         ]
         return Starlette(routes=routes)
+
+    @staticmethod
+    def _refuse_past_point_of_no_return(tx: TxRecord) -> None:
+        past = [b for b in tx.blocks if b.name == POINT_OF_NO_RETURN and b.status != "pending"]
+        if past and tx.status not in FINAL:
+            raise DecisionRefused(
+                tx.xid,
+                f"the release is past the point of no return ({POINT_OF_NO_RETURN}); roll it forward",
+                tx.status,
+            )
+
+    async def _abort_running(
+        self, tx: TxRecord, action: str, actor: str, reason: str | None, wait: bool
+    ) -> JSONResponse:
+        """Abort a release that is running: it stops at the next safe point — a smoke test is
+        stopped, any other step finishes and the next one does not start (the engine's pause) —
+        and is then rolled back. Refused from the point of no return on."""
+        self._refuse_past_point_of_no_return(tx)
+        step = tx.blocks[tx.cursor].name
+        note = (
+            f"the release was running ({step}): the {action} takes effect at the next safe point "
+            f"({'the smoke test is stopped' if step == 'smoke' else f'once {step} ends'}), "
+            "then the release is rolled back"
+        )
+        log.info(f"{action} of a running release", extra={"xid": tx.xid, "step": step,
+                                                          "actor": actor})  # fmt: skip
+        self._aborting.add(tx.xid)  # before the answer: a client that follows sees it at once
+        task = asyncio.ensure_future(self._pause_then_rollback(tx.xid, action, actor, reason))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        task.add_done_callback(self._abort_ended)
+        if not wait:
+            return JSONResponse({**self._release_detail(tx), "note": note}, 202)
+        try:
+            done = await asyncio.shield(task)
+        except DecisionRefused as exc:
+            return JSONResponse({"error": str(exc), "note": note}, 409)
+        return JSONResponse({**self._release_detail(done), "note": note})
+
+    @staticmethod
+    def _abort_ended(task: asyncio.Future[TxRecord]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.warning("abort not done", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    async def _pause_then_rollback(
+        self, xid: str, action: str, actor: str, reason: str | None
+    ) -> TxRecord:
+        why = reason or action
+        release_scenario.request_abort(xid)
+        try:
+            tx = await self.engine.pause(xid, actor=actor, reason=f"{action}: {why}", wait=True)
+            while tx.status in (RUNNING, ROLLING_BACK) and self.engine.is_running_here(xid):
+                tx = await self.engine.wait(xid)
+            if tx.status == COMPLETED:
+                raise DecisionRefused(xid, f"the release completed before the {action} took effect")
+            past = any(b.name == POINT_OF_NO_RETURN and b.status != "pending" for b in tx.blocks)
+            if past:
+                # It passed the point of no return before the pause took hold: it goes on.
+                await self.engine.rollforward(
+                    xid, actor=actor, reason=f"{action} came after {POINT_OF_NO_RETURN}", wait=False
+                )
+                raise DecisionRefused(
+                    xid,
+                    f"the release passed the point of no return ({POINT_OF_NO_RETURN}) before the "
+                    f"{action} took effect; it goes on",
+                )
+            for _ in range(50):
+                try:
+                    return await self.engine.rollback(xid, actor=actor, reason=why, wait=True)
+                except Busy:
+                    # Parked at a wait block as the pause came: the engine parks it in the
+                    # background (its claim is short); then the rollback applies.
+                    await self.engine.wait(xid, 0.1)
+            return await self.engine.rollback(xid, actor=actor, reason=why, wait=True)
+        finally:
+            release_scenario.abort_done(xid)
+            self._aborting.discard(xid)
 
     async def _find(self, request: Request) -> TxRecord:
         """``latest`` (optionally ``?environment=``) means the newest release, if any."""
@@ -328,10 +450,13 @@ class Controller:
         return {"xid": tx.xid, "scenario": tx.scenario, "status": tx.status, "reason": tx.reason,
                 "created_at": tx.created_at, "cursor": tx.cursor, "step": step,
                 "environment": request.get("environment"), "to": request.get("version"),
-                "from": deployed.get("old") if isinstance(deployed, dict) else None}  # fmt: skip
+                "from": deployed.get("old") if isinstance(deployed, dict) else None,
+                "warnings": release_scenario.warnings([b.to_dict() for b in tx.blocks])}  # fmt: skip
 
-    @staticmethod
-    def _release_detail(tx: TxRecord) -> dict[str, Any]:
+    def _release_detail(self, tx: TxRecord) -> dict[str, Any]:
         d = tx.to_dict()
+        # An abort of this running release is under way (it parks, then rolls back).
+        d["aborting"] = tx.xid in self._aborting
         d["step"] = d["current_block"]
+        d["warnings"] = release_scenario.warnings(d["blocks"])
         return d

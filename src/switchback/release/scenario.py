@@ -8,7 +8,9 @@ Blocks reach the runtime through :data:`RUNTIME`, set by the controller that run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import signal
 from typing import Any
 
 from switchback.engine import BlockContext
@@ -22,6 +24,27 @@ RELEASE_WITH_APPROVAL_BEFORE_SWITCH = "release_with_approval_before_switch"
 POINT_OF_NO_RETURN = "drain_old"
 
 RUNTIME: LocalRuntime | None = None
+
+# Releases being aborted, and the smoke tests running now: the smoke test is the one step that
+# can stop in its middle with nothing to undo. Every other step finishes, and the release parks
+# before the next one (the engine's pause).
+_ABORTING: set[str] = set()
+_SMOKES: dict[str, asyncio.Event] = {}
+
+
+def request_abort(xid: str) -> bool:
+    """An abort of release ``xid`` is under way: its smoke test stops (now, or at once if it
+    starts later). True if a running smoke test was told to stop."""
+    _ABORTING.add(xid)
+    event = _SMOKES.get(xid)
+    if event is not None:
+        event.set()
+    return event is not None
+
+
+def abort_done(xid: str) -> None:
+    _ABORTING.discard(xid)
+
 
 REQUEST_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -75,9 +98,9 @@ async def deploy_new(ctx: BlockContext) -> dict[str, Any]:
 async def delete_new(ctx: BlockContext) -> dict[str, Any]:
     env_name, version = ctx.request["environment"], ctx.request["version"]
     env = rt().env(env_name)
-    left = await rt().drain(env.of(version), float(ctx.request.get("drain_timeout", 30)))
+    report = await rt().drain(env.of(version), float(ctx.request.get("drain_timeout", 30)))
     await rt().delete(env_name, version, drain_timeout=0)
-    return {"deleted": version, "still_connected_at_delete": left}
+    return {"deleted": version, **report.as_dict()}
 
 
 # -- 2. standby → new ----------------------------------------------------------------------------
@@ -111,17 +134,38 @@ async def smoke(ctx: BlockContext) -> dict[str, Any]:
         "SWITCHBACK_STANDBY_URL": urls["standby"],
         "SWITCHBACK_PUBLIC_URL": urls["public"],
     }
-    proc = await asyncio.create_subprocess_shell(
-        command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
+    stopped = f"smoke test stopped: the release is being aborted ({command})"
+    if ctx.xid in _ABORTING:
+        raise RuntimeError(stopped)
+    aborted = _SMOKES.setdefault(ctx.xid, asyncio.Event())
     try:
-        out, _ = await asyncio.wait_for(
-            proc.communicate(), float(ctx.request.get("smoke_timeout", 300))
+        proc = await asyncio.create_subprocess_shell(
+            command, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            start_new_session=True,  # own process group: stopped whole (the shell, its children)
+        )  # fmt: skip
+    except BaseException:
+        _SMOKES.pop(ctx.xid, None)
+        raise
+    running = asyncio.ensure_future(proc.communicate())
+    stopper = asyncio.ensure_future(aborted.wait())
+    try:
+        done, _ = await asyncio.wait(
+            {running, stopper},
+            timeout=float(ctx.request.get("smoke_timeout", 300)),
+            return_when=asyncio.FIRST_COMPLETED,
         )
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise RuntimeError(f"smoke test timed out: {command}") from None
+    finally:
+        stopper.cancel()
+        _SMOKES.pop(ctx.xid, None)
+        if not running.done():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            await running
+    if running not in done:
+        if stopper in done:
+            raise RuntimeError(stopped)
+        raise RuntimeError(f"smoke test timed out: {command}")
+    out, _ = running.result()
     tail = out.decode(errors="replace")[-2000:]
     if proc.returncode != 0:
         raise RuntimeError(f"smoke test failed (exit {proc.returncode}): {command}\n{tail}")
@@ -173,8 +217,14 @@ async def switch_back(ctx: BlockContext) -> None:
 
 async def drain_old(ctx: BlockContext) -> dict[str, Any]:
     env_name, _, old = _req(ctx)
-    left = await rt().drain(rt().env(env_name).of(old), float(ctx.request.get("drain_timeout", 30)))
-    return {"still_connected": left}
+    timeout = float(ctx.request.get("drain_timeout", 30))
+    report = await rt().drain(rt().env(env_name).of(old), timeout)
+    if report.timed_out:
+        ctx.log.warning(
+            "drain hit its limit: connections still open are cut when the old version stops",
+            extra={"still_connected": report.still_connected},
+        )
+    return report.as_dict()
 
 
 async def retire_old(ctx: BlockContext) -> dict[str, Any]:
@@ -190,6 +240,22 @@ async def retire_old(ctx: BlockContext) -> dict[str, Any]:
         await runtime.select(env_name, f"{role}-new", None, wait=_ack(ctx))
     runtime.save()
     return {"current": version, "retired": old}
+
+
+def warnings(blocks: list[dict[str, Any]]) -> list[str]:
+    """What a release's steps report that an operator must see (a drain that hit its limit)."""
+    out = []
+    for b in blocks:
+        for what, result in (("", b.get("output")), (" (undo)", b.get("undo_output"))):
+            if isinstance(result, dict) and result.get("timed_out"):
+                left = result.get("still_connected") or {}
+                cx = sum(int(s.get("downstream_cx_active", 0)) for s in left.values())
+                rq = sum(int(s.get("downstream_rq_active", 0)) for s in left.values())
+                out.append(
+                    f"{b['name']}{what}: drain hit its limit after {result.get('seconds')} s with "
+                    f"{cx} connection(s), {rq} request(s) still open on {', '.join(sorted(left))}"
+                )
+    return out
 
 
 def _build(name: str, approval: str | None) -> Scenario:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import sys
@@ -35,6 +36,8 @@ from switchback.runtime import processes
 from switchback.xds.control import AckReport, ControlPlane
 from switchback.xds.resources import NodeSpec
 from switchback.xds.sidecar import bootstrap_config, envoy_args
+
+log = logging.getLogger("switchback.runtime")
 
 ROLES = ("apigw", "scenario", "transaction")
 DEFAULT_REPLICAS = {"apigw": 2, "scenario": 1, "transaction": 1}
@@ -57,6 +60,7 @@ class Instance:
     outbound_port: int = 0
     app_pid: int | None = None
     envoy_pid: int | None = None
+    app_dir: str = ""  # the build's own app (a release deploys another folder beside it)
 
     @property
     def labels(self) -> dict[str, str]:
@@ -102,6 +106,18 @@ class Environment:
         env.instances = [Instance(**i) for i in d.get("instances", [])]
         env.proxies = {k: Proxy(**p) for k, p in d.get("proxies", {}).items()}
         return env
+
+
+@dataclass
+class DrainReport:
+    """What a drain found: ``timed_out`` when connections were still there at its limit."""
+
+    timed_out: bool
+    seconds: float
+    still_connected: dict[str, dict[str, int]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def service_name(env: str, service: str) -> str:
@@ -204,8 +220,8 @@ class LocalRuntime:
         )
         inst.envoy_pid = self._envoy(inst.id, spec, inst.admin_port)
         argv = [
-            sys.executable, "-m", "switchback.cli", "serve", env.app_dir, "--role", inst.role,
-            "--port", str(inst.app_port), "--data", env.data_dir, "--no-access-log", "--log-level", "warning",
+            sys.executable, "-m", "switchback.cli", "serve", inst.app_dir or env.app_dir, "--role", inst.role,
+            "--port", str(inst.app_port), "--data", env.data_dir, "--log-level", "info",
         ]  # fmt: skip
         if inst.outbound_port:
             argv += ["--scenario-url", f"http://127.0.0.1:{inst.outbound_port}"]
@@ -235,7 +251,28 @@ class LocalRuntime:
             )  # fmt: skip
         p.pid = self._envoy(p.node_id, spec, p.admin_port)
 
-    async def _wait_http(self, url: str, what: str, timeout: float, pids: list[int | None]) -> None:
+    def log_files(self, node_id: str) -> list[Path]:
+        """The logs of an instance (its app, then its sidecar) or of a proxy."""
+        return [
+            p
+            for p in (
+                self.root / "logs" / f"{node_id}.log",
+                self.root / "envoy" / node_id / "envoy.log",
+            )
+            if p.exists()
+        ]
+
+    def explain(self, node_id: str, lines: int = 15) -> str:
+        """The last lines of a node's logs, for an error message that says why."""
+        parts = []
+        for path in self.log_files(node_id):
+            tail = processes.tail(path, lines)
+            parts.append(f"--- last lines of {path}:\n{tail}" if tail else f"--- {path}: empty")
+        return "\n".join(parts)
+
+    async def _wait_http(
+        self, url: str, what: str, timeout: float, pids: list[int | None], node_id: str = ""
+    ) -> None:
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(timeout=2.0) as client:
             while True:
@@ -245,11 +282,14 @@ class LocalRuntime:
                 for pid in pids:
                     processes.reap(pid or 0)
                     if not processes.alive(pid):
-                        raise RuntimeError_(
-                            f"{what} exited before it was ready (see {self.root}/logs, {self.root}/envoy)"
-                        )
+                        why = f"{what} exited before it was ready\n{self.explain(node_id or what)}"
+                        log.error("not ready: exited", extra={"node": node_id or what})
+                        raise RuntimeError_(why)
                 if time.monotonic() > deadline:
-                    raise RuntimeError_(f"{what} not ready within {timeout:g} s ({url})")
+                    log.error("not ready in time", extra={"node": node_id or what, "url": url})
+                    raise RuntimeError_(
+                        f"{what} not ready within {timeout:g} s ({url})\n{self.explain(node_id or what)}"
+                    )
                 await asyncio.sleep(0.05)
 
     # -- environments --------------------------------------------------------------------------
@@ -286,11 +326,58 @@ class LocalRuntime:
             for key in env.proxies:
                 self._start_proxy(env, key)
             self.save()
-        for key, p in env.proxies.items():
-            await self._wait_http(
-                f"http://127.0.0.1:{p.admin_port}/ready", f"proxy {key}", 20, [p.pid]
-            )
+        log.info(
+            "environment created",
+            extra={"environment": name, "public_port": env.proxies["ingress"].port},
+        )
+        await self._wait_proxies(env)
         return env
+
+    async def _wait_proxies(self, env: Environment) -> None:
+        await asyncio.gather(
+            *(
+                self._wait_http(
+                    f"http://127.0.0.1:{p.admin_port}/ready", f"proxy {key}", 20, [p.pid], p.node_id
+                )
+                for key, p in env.proxies.items()
+            )
+        )
+
+    async def _wait_instances(self, instances: list[Instance], timeout: float = 60) -> None:
+        await asyncio.gather(
+            *(
+                self._wait_http(
+                    f"http://127.0.0.1:{i.sidecar_port}/readyz",
+                    i.id,
+                    timeout,
+                    [i.app_pid, i.envoy_pid],
+                    i.id,
+                )
+                for i in instances
+            )
+        )
+
+    async def wait_ready(self, env_name: str, timeout: float = 60) -> None:
+        """Every proxy and instance of the environment ready (after a restart by ``adopt``)."""
+        env = self.env(env_name)
+        await self._wait_proxies(env)
+        await self._wait_instances(env.instances, timeout)
+
+    async def remove_environment(self, name: str) -> None:
+        """Stop every process of an environment and forget it (a failed ``up`` that created it)."""
+        env = self.environments.get(name)
+        if env is None:
+            return
+        await self._stop_all(env)
+        async with self._lock:
+            self.environments.pop(name, None)
+            for node in env.instances:
+                self.cp.forget_node(node.id)
+            for p in env.proxies.values():
+                self.cp.forget_node(p.node_id)
+            await self._forget_redirects(name, None)
+            self.save()
+        log.info("environment removed", extra={"environment": name})
 
     async def deploy(
         self, env_name: str, build: str, slot: str, app_dir: str | None = None
@@ -304,6 +391,9 @@ class LocalRuntime:
                 raise RuntimeError_(f"version {build!r} is already deployed in {env_name}")
             if app_dir:
                 env.app_dir = _abs(app_dir)
+            # A rule left for an earlier instance of this build name must not route the new one
+            # away from itself (it would never get ready).
+            await self._forget_redirects(env_name, build)
             started: list[Instance] = []
             for role in ROLES:
                 for n in range(env.replicas.get(role, 1)):
@@ -312,6 +402,7 @@ class LocalRuntime:
                         app_port=processes.free_port(), sidecar_port=processes.free_port(),
                         admin_port=processes.free_port(),
                         outbound_port=processes.free_port() if role == "apigw" else 0,
+                        app_dir=env.app_dir,
                     )  # fmt: skip
                     env.instances.append(inst)
                     started.append(inst)
@@ -322,18 +413,12 @@ class LocalRuntime:
             for inst in started:
                 self._start_instance(env, inst)
             self.save()
+        log.info(
+            "deploying", extra={"environment": env_name, "version": build, "slot": slot,
+                                "instances": [i.id for i in started]},
+        )  # fmt: skip
         try:
-            await asyncio.gather(
-                *(
-                    self._wait_http(
-                        f"http://127.0.0.1:{i.sidecar_port}/readyz",
-                        i.id,
-                        60,
-                        [i.app_pid, i.envoy_pid],
-                    )
-                    for i in started
-                )
-            )
+            await self._wait_instances(started)
             report = await self.cp.wait_acked(
                 {"environment": env_name, "version": build},
                 None,
@@ -344,14 +429,20 @@ class LocalRuntime:
                 raise RuntimeError_(
                     f"sidecars of {build} did not ACK their config: {report.as_dict()}"
                 )
-        except BaseException:
+        except BaseException as exc:
+            log.error(
+                "deploy failed; removing what it started",
+                extra={"environment": env_name, "version": build, "error": str(exc)[:500]},
+            )
             await self.delete(env_name, build, drain_timeout=0)
             raise
+        log.info("deployed", extra={"environment": env_name, "version": build, "slot": slot})
         return started
 
     async def delete(self, env_name: str, build: str, *, drain_timeout: float = 10.0) -> None:
         """Stop every instance of ``build``: first wait (up to ``drain_timeout``) until their
-        sidecars carry no request, then SIGTERM (the apps finish what they hold), then forget."""
+        sidecars carry no request, then SIGTERM (the apps finish what they hold), then forget
+        them, their services and every redirect rule of the build."""
         env = self.env(env_name)
         victims = env.of(build)
         if drain_timeout > 0 and victims:
@@ -363,16 +454,19 @@ class LocalRuntime:
                 await self._select(env, pinned(role, build), role, None)
             for node in victims:
                 self.cp.forget_node(node.id)
+            await self._forget_redirects(env_name, build)
             if env.new == build:
                 env.new = None
             if env.current == build:
                 env.current = None
             self.save()
+        log.info("deleted", extra={"environment": env_name, "version": build})
 
     @staticmethod
     def _stop_instance(inst: Instance) -> None:
         processes.stop(inst.app_pid, timeout=15)
         processes.stop(inst.envoy_pid, timeout=5)
+        inst.app_pid = inst.envoy_pid = None
 
     # -- services ------------------------------------------------------------------------------
 
@@ -417,14 +511,29 @@ class LocalRuntime:
             )
         return report
 
+    async def _forget_redirects(self, env_name: str, build: str | None) -> None:
+        """Drop every redirect rule of ``build`` in the environment (``None``: of every build)."""
+
+        def stale(selector: dict[str, Any]) -> bool:
+            return selector.get("environment") == env_name and (
+                build is None or selector.get("version") == build
+            )
+
+        if await self.cp.remove_redirects(stale) is not None:
+            log.info("redirect rules removed", extra={"environment": env_name, "version": build})
+
     # -- draining ------------------------------------------------------------------------------
 
-    async def sidecar_stats(self, inst: Instance) -> dict[str, int]:
-        async with httpx.AsyncClient(timeout=2.0) as client:
-            r = await client.get(
-                f"http://127.0.0.1:{inst.admin_port}/stats",
-                params={"filter": r"^http\.inbound\.downstream_(cx|rq)_active$"},
-            )
+    async def sidecar_stats(
+        self, inst: Instance, client: httpx.AsyncClient | None = None
+    ) -> dict[str, int]:
+        if client is None:
+            async with httpx.AsyncClient(timeout=2.0) as own:
+                return await self.sidecar_stats(inst, own)
+        r = await client.get(
+            f"http://127.0.0.1:{inst.admin_port}/stats",
+            params={"filter": r"^http\.inbound\.downstream_(cx|rq)_active$"},
+        )
         out = {}
         for line in r.text.splitlines():
             name, _, value = line.partition(": ")
@@ -433,45 +542,79 @@ class LocalRuntime:
 
     async def drain(
         self, instances: list[Instance], timeout: float, *, requests_only: bool = False
-    ) -> dict[str, dict[str, int]]:
-        """Ask the sidecars to drain (Envoy then closes each keep-alive connection at the end of
-        its next response), and wait until they report no active downstream connection (or no
-        active request, with ``requests_only``). Returns what was still active at the limit."""
-        if not requests_only:
-            async with httpx.AsyncClient(timeout=2.0) as client:
-                for inst in instances:
+    ) -> DrainReport:
+        """Ask the sidecars to drain and wait until they report no active downstream connection
+        (or no active request, with ``requests_only``), at most ``timeout`` seconds.
+
+        A busy keep-alive connection is closed by Envoy at the end of its next response
+        (``--drain-strategy immediate``); an idle one by its client, our own Envoys, whose pools
+        close what has been idle for ``UPSTREAM_IDLE_TIMEOUT``. What is still connected at the
+        limit is reported (``timed_out``), never passed off as drained."""
+        began = time.monotonic()
+        deadline = began + timeout
+        key = "downstream_rq_active" if requests_only else "downstream_cx_active"
+
+        async def stats(client: httpx.AsyncClient, inst: Instance) -> dict[str, int]:
+            try:
+                return await self.sidecar_stats(inst, client)
+            except httpx.HTTPError:
+                return {}  # a sidecar that is gone carries nothing
+
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            if not requests_only:
+
+                async def drain_one(inst: Instance) -> None:
                     with contextlib.suppress(httpx.HTTPError):
                         await client.post(
                             f"http://127.0.0.1:{inst.admin_port}/drain_listeners",
                             params={"graceful": ""},
                         )
-        deadline = time.monotonic() + timeout
-        key = "downstream_rq_active" if requests_only else "downstream_cx_active"
-        while True:
-            left: dict[str, dict[str, int]] = {}
-            for inst in instances:
-                try:
-                    stats = await self.sidecar_stats(inst)
-                except httpx.HTTPError:
-                    continue  # a sidecar that is gone carries nothing
-                if stats.get(key, 0) > 0:
-                    left[inst.id] = stats
-            if not left or time.monotonic() > deadline:
-                return left
-            await asyncio.sleep(0.05)
+
+                await asyncio.gather(*(drain_one(i) for i in instances))
+            while True:
+                found = await asyncio.gather(*(stats(client, i) for i in instances))
+                left = {
+                    i.id: st for i, st in zip(instances, found, strict=True) if st.get(key, 0) > 0
+                }
+                now = time.monotonic()
+                if not left or now > deadline:
+                    report = DrainReport(
+                        timed_out=bool(left), seconds=round(now - began, 3), still_connected=left
+                    )
+                    level = logging.WARNING if left else logging.INFO
+                    log.log(level, "drain", extra={"instances": [i.id for i in instances],
+                                                   **report.as_dict()})  # fmt: skip
+                    return report
+                await asyncio.sleep(0.05)
 
     # -- adoption ------------------------------------------------------------------------------
 
     async def adopt(self) -> list[str]:
-        """After a controller restart: keep live processes, restart dead ones. Returns what was
-        restarted."""
+        """After a controller restart or ``switchback down``: keep live processes, restart dead
+        ones (on fresh ports, except the ingress's, which users know), and drop every redirect
+        rule that names a build no instance runs any more. Returns what was restarted."""
         restarted = []
         for env in self.environments.values():
             for key, p in env.proxies.items():
                 if not processes.alive(p.pid) or not self._enrolled(p.node_id):
                     await asyncio.to_thread(processes.stop, p.pid, 5)  # frees its port
+                    if key != "ingress":
+                        p.port, p.admin_port = processes.free_port(), processes.free_port()
                     self._start_proxy(env, key)
                     restarted.append(p.node_id)
+            for inst in env.instances:
+                if not (
+                    processes.alive(inst.app_pid)
+                    and processes.alive(inst.envoy_pid)
+                    and self._enrolled(inst.id)
+                ):
+                    await asyncio.to_thread(self._stop_instance, inst)
+                    inst.app_port, inst.sidecar_port = processes.free_port(), processes.free_port()
+                    inst.admin_port = processes.free_port()
+                    if inst.outbound_port:
+                        inst.outbound_port = processes.free_port()
+                    self._start_instance(env, inst)
+                    restarted.append(inst.id)
             for service, build in env.selectors.items():
                 role = (
                     service.split(".")[0]
@@ -484,28 +627,32 @@ class LocalRuntime:
                 await self.cp.set_endpoints(
                     service_name(env.name, f"vip.{key}"), [("127.0.0.1", env.proxies[key].port)]
                 )
-            for inst in env.instances:
-                if not (
-                    processes.alive(inst.app_pid)
-                    and processes.alive(inst.envoy_pid)
-                    and self._enrolled(inst.id)
-                ):
-                    await asyncio.to_thread(self._stop_instance, inst)
-                    self._start_instance(env, inst)
-                    restarted.append(inst.id)
             self.save()
+        running = {(i.env, i.build) for e in self.environments.values() for i in e.instances}
+
+        def stale(selector: dict[str, Any]) -> bool:
+            return (selector.get("environment"), selector.get("version")) not in running
+
+        if await self.cp.remove_redirects(stale) is not None:
+            log.info("stale redirect rules removed at start")
+        if restarted:
+            log.info("restarted", extra={"nodes": restarted})
         return restarted
 
+    async def _stop_all(self, env: Environment) -> None:
+        await asyncio.gather(*(asyncio.to_thread(self._stop_instance, i) for i in env.instances))
+        for p in env.proxies.values():
+            await asyncio.to_thread(processes.stop, p.pid, 5)
+            p.pid = None
+
     async def shutdown(self) -> None:
-        """Stop every process of every environment (``switchback down``)."""
+        """Stop every process of every environment (``switchback down``). The environments are
+        remembered (versions, selectors, redirects of a release under way): the next ``up``
+        restarts what ran, the same current version on the same public port."""
         for env in list(self.environments.values()):
-            await asyncio.gather(
-                *(asyncio.to_thread(self._stop_instance, i) for i in env.instances)
-            )
-            for p in env.proxies.values():
-                await asyncio.to_thread(processes.stop, p.pid, 5)
-        self.environments = {}
+            await self._stop_all(env)
         self.save()
+        log.info("every environment stopped", extra={"environments": sorted(self.environments)})
 
     # -- status --------------------------------------------------------------------------------
 

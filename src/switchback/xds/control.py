@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -308,6 +308,18 @@ class ControlPlane:
             if target is not None or rules:
                 rules.append((sel, target))
             self.state.intent.redirects = rules
+            return await self._apply()
+
+    async def remove_redirects(self, which: Callable[[dict[str, Any]], bool]) -> int | None:
+        """Drop every redirect rule whose selector ``which`` accepts (rules of a build that is
+        gone: kept, they would route a new instance of the same name away from itself).
+        Returns the version to wait for, or None when no rule matched."""
+        async with self._lock:
+            rules = self.state.intent.redirects
+            kept = [(s, t) for s, t in rules if not which(s)]
+            if len(kept) == len(rules):
+                return None
+            self.state.intent.redirects = kept
             return await self._apply()
 
     async def set_endpoints(self, service: str, endpoints: Sequence[Sequence[Any]]) -> int:

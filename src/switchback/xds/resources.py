@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from envoy.config.cluster.v3 import cluster_pb2
-from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, config_source_pb2, protocol_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.config.listener.v3 import listener_components_pb2, listener_pb2
 from envoy.config.route.v3 import route_components_pb2, route_pb2
@@ -27,6 +27,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, duration_pb2, wrappers_pb2
 
 from switchback.xds.cache import CLUSTER, ENDPOINT, LISTENER, ROUTE, Resource, Snapshot
@@ -36,6 +37,13 @@ LOCAL_APP = "local-app"
 KINDS = ("sidecar", "service-proxy", "ingress")
 
 Endpoint = tuple[str, int]
+
+# Every cluster's pool closes a connection idle this long. Our own Envoys are the clients of every
+# internal hop, so the client closes an idle connection (no race with a request it would send),
+# and a version's sidecars lose their idle keep-alive connections within this time once traffic
+# has left them: what lets a release drain in about a second instead of waiting for its limit.
+# Below uvicorn's keep-alive (5 s), so an app never closes a connection its sidecar could reuse.
+UPSTREAM_IDLE_TIMEOUT = 1.0
 
 
 def service_cluster(service: str) -> str:
@@ -140,6 +148,19 @@ def _typed(msg: Any) -> any_pb2.Any:
     return a
 
 
+def _upstream_http_options() -> dict[str, any_pb2.Any]:
+    """HTTP/1.1 to the upstream, idle connections closed after UPSTREAM_IDLE_TIMEOUT."""
+    opts = http_protocol_options_pb2.HttpProtocolOptions(
+        common_http_protocol_options=protocol_pb2.HttpProtocolOptions(
+            idle_timeout=_dur(UPSTREAM_IDLE_TIMEOUT)
+        ),
+        explicit_http_config=http_protocol_options_pb2.HttpProtocolOptions.ExplicitHttpConfig(
+            http_protocol_options=protocol_pb2.Http1ProtocolOptions()
+        ),
+    )
+    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": _typed(opts)}
+
+
 def load_assignment(name: str, endpoints: Iterable[Endpoint]) -> endpoint_pb2.ClusterLoadAssignment:
     return endpoint_pb2.ClusterLoadAssignment(
         cluster_name=name,
@@ -163,6 +184,7 @@ def static_cluster(name: str, endpoints: tuple[Endpoint, ...]) -> Resource:
         type=cluster_pb2.Cluster.STATIC,
         connect_timeout=_dur(1),
         load_assignment=load_assignment(name, endpoints),
+        typed_extension_protocol_options=_upstream_http_options(),
     )
     return Resource.pack(name, c)
 
@@ -174,6 +196,7 @@ def eds_cluster(name: str) -> Resource:
         type=cluster_pb2.Cluster.EDS,
         connect_timeout=_dur(1),
         eds_cluster_config=cluster_pb2.Cluster.EdsClusterConfig(eds_config=_ads()),
+        typed_extension_protocol_options=_upstream_http_options(),
     )
     return Resource.pack(name, c)
 
@@ -190,6 +213,9 @@ def http_listener(name: str, host: str, port: int, route_config: str) -> Resourc
         codec_type=hcm_pb2.HttpConnectionManager.AUTO,
         # Routes come by RDS: a route change then never touches (drains) the listener.
         rds=hcm_pb2.Rds(route_config_name=route_config, config_source=_ads()),
+        # No idle limit on a stream (Envoy's default is 5 min): a synchronous call waits as long
+        # as its scenario allows, and the gateway itself bounds that wait (see _route_to).
+        stream_idle_timeout=_dur(0),
         http_filters=[
             hcm_pb2.HttpFilter(
                 name="envoy.filters.http.router", typed_config=_typed(router_pb2.Router())
@@ -215,7 +241,11 @@ def http_listener(name: str, host: str, port: int, route_config: str) -> Resourc
 
 @functools.lru_cache(maxsize=8192)  # pure: nodes share identical resources
 def tcp_listener(name: str, host: str, port: int, cluster: str) -> Resource:
-    tcp = tcp_proxy_pb2.TcpProxy(stat_prefix=name.replace(":", "_"), cluster=cluster)
+    # No idle limit (default 1 h): a synchronous call may stay silent as long as its scenario
+    # allows. Idle connections are closed by their HTTP clients (UPSTREAM_IDLE_TIMEOUT).
+    tcp = tcp_proxy_pb2.TcpProxy(
+        stat_prefix=name.replace(":", "_"), cluster=cluster, idle_timeout=_dur(0)
+    )
     lis = listener_pb2.Listener(
         name=name,
         address=_addr(host, port),
@@ -233,9 +263,13 @@ def tcp_listener(name: str, host: str, port: int, cluster: str) -> Resource:
 
 
 def _route_to(cluster: str, **kw: Any) -> route_components_pb2.Route:
+    """Timeout 0 = none. Envoy's default (15 s) answered a long synchronous call with a bare
+    ``504 upstream request timeout`` and no xid; the gateway bounds every call itself (the
+    scenario's transaction timeout, else 300 s; docs/gateway.md) and answers in JSON when the
+    bound is hit (202 + xid + Location while the transaction goes on)."""
     return route_components_pb2.Route(
         match=route_components_pb2.RouteMatch(prefix="/", **kw.pop("match", {})),
-        route=route_components_pb2.RouteAction(cluster=cluster),
+        route=route_components_pb2.RouteAction(cluster=cluster, timeout=_dur(0)),
         **kw,
     )
 

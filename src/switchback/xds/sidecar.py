@@ -215,6 +215,11 @@ def envoy_args(config_path: str, admin_address_path: str | None = None) -> list[
         "--disable-hot-restart",
         "--drain-time-s",
         "1",
+        # A drained listener closes each keep-alive connection at the end of its next response,
+        # not with a probability that grows over the drain time: a release drains in one round
+        # trip of every busy connection.
+        "--drain-strategy",
+        "immediate",
         "--parent-shutdown-time-s",
         "2",
     ]

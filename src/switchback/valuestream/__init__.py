@@ -1,0 +1,61 @@
+"""The value stream: a commit's way from ``git push`` to production.
+
+The parts, one module each, every one usable and tested on its own (the pipeline run that
+assembles them is a scenario on the engine, like a release):
+
+* ``pipeline`` / ``pipeline_loader`` — the pipeline file ``.switchback/pipeline.yaml``: typed
+  (:class:`Pipeline`), its JSON Schema, and lint with every problem at its file and line.
+* ``git`` — the ``git`` program, async: a project's :class:`Mirror` (fetch, resolve a ref, read a
+  commit or a file at a commit, a clean checkout of an exact commit and its removal), typed errors.
+* ``hook`` / ``post_receive`` — the ``post-receive`` hook that makes a plain ``git push`` post a
+  signed ``push`` event, and its installer.
+* ``webhooks`` — GitHub and Gitea ``push`` / ``pull_request`` events: signature check (constant
+  time), one :class:`GitEvent`, and what it triggers under the pipeline's triggers.
+* ``ci`` — a step as a bash script in its own process group, timeout killing the whole group,
+  output appended to the run's log and readable while it runs.
+* ``artifacts`` — build once: a deterministic, content-addressed archive of the app at a commit
+  with its lock file, stored atomically, verified before it is unpacked.
+* ``metrics`` — DORA's four keys as pure functions over deployment records.
+* ``globs`` — the ``*`` / ``**`` patterns of branch and path filters.
+
+Approval policies and voting are the identity package's (``switchback.identity``): a pipeline
+names or writes a policy; it never decides who may vote. ``docs/pipeline.md`` is the guide.
+"""
+
+from switchback.valuestream.pipeline import (
+    PIPELINE_FILE,
+    PIPELINE_SHAPE,
+    Build,
+    Environment,
+    Pipeline,
+    PolicyRef,
+    Step,
+    Triggers,
+    UnknownPolicy,
+)
+from switchback.valuestream.pipeline_loader import (
+    LintResult,
+    PipelineError,
+    lint_pipeline,
+    lint_pipeline_text,
+    load_pipeline,
+    load_pipeline_text,
+)
+
+__all__ = [
+    "PIPELINE_FILE",
+    "PIPELINE_SHAPE",
+    "Build",
+    "Environment",
+    "LintResult",
+    "Pipeline",
+    "PipelineError",
+    "PolicyRef",
+    "Step",
+    "Triggers",
+    "UnknownPolicy",
+    "lint_pipeline",
+    "lint_pipeline_text",
+    "load_pipeline",
+    "load_pipeline_text",
+]

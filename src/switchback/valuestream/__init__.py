@@ -22,6 +22,19 @@ Approval policies and voting are the identity package's (``switchback.identity``
 names or writes a policy; it never decides who may vote. ``docs/pipeline.md`` is the guide.
 """
 
+from switchback.valuestream.git import (
+    CommitInfo,
+    FileNotInCommit,
+    GitError,
+    GitTimeout,
+    Mirror,
+    NoPipelineFile,
+    RepoUnavailable,
+    UnknownRef,
+    WorkDirError,
+    ls_remote,
+    resolve_remote,
+)
 from switchback.valuestream.pipeline import (
     PIPELINE_FILE,
     PIPELINE_SHAPE,
@@ -46,16 +59,27 @@ __all__ = [
     "PIPELINE_FILE",
     "PIPELINE_SHAPE",
     "Build",
+    "CommitInfo",
     "Environment",
+    "FileNotInCommit",
+    "GitError",
+    "GitTimeout",
     "LintResult",
+    "Mirror",
+    "NoPipelineFile",
     "Pipeline",
     "PipelineError",
     "PolicyRef",
+    "RepoUnavailable",
     "Step",
     "Triggers",
     "UnknownPolicy",
+    "UnknownRef",
+    "WorkDirError",
     "lint_pipeline",
     "lint_pipeline_text",
     "load_pipeline",
     "load_pipeline_text",
+    "ls_remote",
+    "resolve_remote",
 ]

@@ -35,6 +35,7 @@ from switchback.valuestream.git import (
     ls_remote,
     resolve_remote,
 )
+from switchback.valuestream.hook import HookConflict, InstalledHook, install_hook
 from switchback.valuestream.pipeline import (
     PIPELINE_FILE,
     PIPELINE_SHAPE,
@@ -54,6 +55,18 @@ from switchback.valuestream.pipeline_loader import (
     load_pipeline,
     load_pipeline_text,
 )
+from switchback.valuestream.webhooks import (
+    GitEvent,
+    InvalidEvent,
+    SignatureError,
+    Trigger,
+    WebhookError,
+    decide,
+    new_secret,
+    parse_event,
+    receive,
+    verify_signature,
+)
 
 __all__ = [
     "PIPELINE_FILE",
@@ -63,7 +76,11 @@ __all__ = [
     "Environment",
     "FileNotInCommit",
     "GitError",
+    "GitEvent",
     "GitTimeout",
+    "HookConflict",
+    "InstalledHook",
+    "InvalidEvent",
     "LintResult",
     "Mirror",
     "NoPipelineFile",
@@ -71,15 +88,24 @@ __all__ = [
     "PipelineError",
     "PolicyRef",
     "RepoUnavailable",
+    "SignatureError",
     "Step",
+    "Trigger",
     "Triggers",
     "UnknownPolicy",
     "UnknownRef",
+    "WebhookError",
     "WorkDirError",
+    "decide",
+    "install_hook",
     "lint_pipeline",
     "lint_pipeline_text",
     "load_pipeline",
     "load_pipeline_text",
     "ls_remote",
+    "new_secret",
+    "parse_event",
+    "receive",
     "resolve_remote",
+    "verify_signature",
 ]

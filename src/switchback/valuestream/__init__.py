@@ -22,6 +22,14 @@ Approval policies and voting are the identity package's (``switchback.identity``
 names or writes a policy; it never decides who may vote. ``docs/pipeline.md`` is the guide.
 """
 
+from switchback.valuestream.ci import (
+    LogChunk,
+    RunContext,
+    StepResult,
+    read_log,
+    run_step,
+    run_steps,
+)
 from switchback.valuestream.git import (
     CommitInfo,
     FileNotInCommit,
@@ -82,14 +90,17 @@ __all__ = [
     "InstalledHook",
     "InvalidEvent",
     "LintResult",
+    "LogChunk",
     "Mirror",
     "NoPipelineFile",
     "Pipeline",
     "PipelineError",
     "PolicyRef",
     "RepoUnavailable",
+    "RunContext",
     "SignatureError",
     "Step",
+    "StepResult",
     "Trigger",
     "Triggers",
     "UnknownPolicy",
@@ -105,7 +116,10 @@ __all__ = [
     "ls_remote",
     "new_secret",
     "parse_event",
+    "read_log",
     "receive",
     "resolve_remote",
+    "run_step",
+    "run_steps",
     "verify_signature",
 ]

@@ -4,6 +4,7 @@ against the users file when there is one; checks against a checkout; the JSON Sc
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from switchback.valuestream import (
 from switchback.valuestream.globs import BadPattern, compile_glob, glob_match, matches_any
 
 from .conftest import PIPELINE
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def org() -> Directory:
@@ -337,6 +340,25 @@ def test_the_schema_is_a_valid_json_schema_and_accepts_the_example() -> None:
     import yaml
 
     assert list(Draft202012Validator(PIPELINE_SHAPE).iter_errors(yaml.safe_load(PIPELINE))) == []
+
+
+def test_docs_example_lints_clean_and_names_every_key() -> None:
+    doc = (ROOT / "docs" / "pipeline.md").read_text()
+    start = doc.index("```yaml\n# .switchback/pipeline.yaml") + len("```yaml\n")
+    example = doc[start : doc.index("```", start)]
+    result = lint_pipeline_text(example, "docs/pipeline.md")
+    assert result.ok, result.problems
+    keys = set(PIPELINE_SHAPE["properties"])
+    for section in ("triggers", "build"):
+        keys |= set(PIPELINE_SHAPE["properties"][section]["properties"])
+    keys |= set(PIPELINE_SHAPE["properties"]["ci"]["items"]["properties"])
+    keys |= set(PIPELINE_SHAPE["properties"]["environments"]["items"]["properties"])
+
+    def explained(key: str) -> bool:  # a path in backquotes naming it: `ci[].timeout`
+        return re.search(rf"`(?:[^`\s]*[.\]])?{key}(?:[.\[][^`\s]*)?`", doc) is not None
+
+    missing = sorted(k for k in keys if not explained(k))
+    assert missing == [], f"docs/pipeline.md does not explain {missing}"
 
 
 # -- globs ---------------------------------------------------------------------------------------

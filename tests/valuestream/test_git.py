@@ -98,7 +98,13 @@ async def test_an_unknown_or_invalid_ref_is_unknown_ref(mirror: Mirror, ref: str
 
 
 @pytest.mark.parametrize(
-    "url", ["/nonexistent/repo.git", "file:///nonexistent/repo.git", "http://127.0.0.1:1/x.git"]
+    "url",
+    [
+        "/nonexistent/repo.git",
+        "file:///nonexistent/repo.git",
+        "http://127.0.0.1:1/x.git",
+        "ext::sh -c touch% /tmp/switchback-ext-pwned",  # a URL that would run a command
+    ],
 )
 async def test_a_repository_that_cannot_be_fetched(tmp_path: Path, url: str) -> None:
     m = Mirror(url, tmp_path / "mirror.git")
@@ -108,6 +114,7 @@ async def test_a_repository_that_cannot_be_fetched(tmp_path: Path, url: str) -> 
         await m.resolve("main")  # nothing fetched: said so, not "unknown ref"
     with pytest.raises(RepoUnavailable, match="cannot read repository"):
         await ls_remote(url)
+    assert not Path("/tmp/switchback-ext-pwned").exists()  # the ext:: URL ran nothing
 
 
 async def test_a_folder_that_is_not_a_repository(tmp_path: Path) -> None:

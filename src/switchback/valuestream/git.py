@@ -127,6 +127,8 @@ def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env = {**os.environ, **_QUIET_ENV, **(extra or {})}
     # ssh: never wait for a password or a host key question (unless the user set their own).
     env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes -o ConnectTimeout=20")
+    # Transports a project URL may name: never ext:: (a URL that runs a command) or fd::.
+    env.setdefault("GIT_ALLOW_PROTOCOL", "file:git:http:https:ssh")
     return env
 
 

@@ -149,3 +149,11 @@ def test_lead_times_lie_between_the_shortest_and_the_longest(history: list[Deplo
     if inside:
         assert min(inside) <= lt.median <= max(inside)  # type: ignore[operator]
         assert lt.p90 in inside
+
+
+def test_a_success_at_the_same_instant_does_not_restore_a_failure() -> None:
+    # Found by hypothesis: with a tie, "the next deployment" depended on the order given.
+    failed, same = dep("f", DAY, outcome="failed"), dep("s", DAY)
+    for history in ([failed, same], [same, failed]):
+        ttr = time_to_restore(history, W)
+        assert (ttr.count, ttr.unrestored) == (0, 1)

@@ -173,13 +173,15 @@ def time_to_restore(deployments: Iterable[Deployment], window: Window) -> TimeTo
     )
     durations: list[float] = []
     unrestored = 0
-    for i, d in enumerate(every):
+    for d in every:
         if not d.failed or d.deployed_at not in window:
             continue
         candidates = (
             [d.restored_at] if d.restored_at is not None and d.restored_at < window.end else []
         )
-        nxt = next((e for e in every[i + 1 :] if not e.failed), None)
+        # the first success after it (strictly later: a success at the same instant restored
+        # nothing it could have seen, and ties would make the answer depend on the order given)
+        nxt = next((e for e in every if e.deployed_at > d.deployed_at and not e.failed), None)
         if nxt is not None:
             candidates.append(nxt.deployed_at)
         if candidates:

@@ -1,5 +1,7 @@
 """Git, through the ``git`` program: a project's local mirror, refs, commits, files at a commit,
-clean checkouts of an exact commit, and the ``post-receive`` hook that starts runs.
+clean checkouts of an exact commit (the ``post-receive`` hook that starts runs: ``hook.py``).
+Longer than most modules on purpose: every git command the value stream runs, and how each of
+its failures reads, in one place.
 
 Why the program and not a library (GitPython, pygit2, dulwich): ``git`` is the reference
 implementation and what users have — their credentials helpers, SSH config, ``safe.directory``,

@@ -1,10 +1,10 @@
 """YAML files checked with jsonschema, every problem reported with its file and line.
 
 Shared by every loader of a user-written file (scenarios in ``model``, the users file in
-``identity``, later the pipeline file) so that they all report problems the same way. PyYAML's
-``safe_load`` drops the line numbers, so the file is composed into nodes and turned into Python
-data here, remembering the line of every path; a jsonschema error's ``absolute_path`` is then
-mapped back to the nearest line.
+``identity``, the pipeline file in ``valuestream``) so that they all report problems the same
+way. PyYAML's ``safe_load`` drops the line numbers, so the file is composed into nodes and turned
+into Python data here, remembering the line of every path; a jsonschema error's ``absolute_path``
+is then mapped back to the nearest line.
 """
 
 from __future__ import annotations

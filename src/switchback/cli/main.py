@@ -90,12 +90,13 @@ def _register() -> None:
     from switchback.cli import serve
 
     app.command("serve")(serve.serve)
-    from switchback.cli import identity, k8s, sidecar, xds
+    from switchback.cli import identity, k8s, pipeline, sidecar, xds
 
     app.add_typer(xds.app, name="xds")
     app.add_typer(sidecar.app, name="sidecar")
     app.add_typer(k8s.app, name="k8s")
     app.add_typer(identity.app, name="users")
+    app.add_typer(pipeline.app, name="pipeline")
 
 
 def command() -> Any:

@@ -165,7 +165,7 @@ async def test_rollforward_from_earlier_block(engine_factory: Any) -> None:
     ledger.fail[("do", "b2")] = 1
     engine = await engine_factory(linear(ledger))
     tx = await engine.run("s", {"name": "a"})
-    with pytest.raises(DecisionRefused, match="unknown block"):
+    with pytest.raises(RequestInvalid, match="unknown block"):
         await engine.rollforward(tx.xid, actor="a", from_block="nope")
     tx = await engine.rollforward(tx.xid, actor="a", from_block="b1")
     assert tx.status == "completed"

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,6 +68,77 @@ async def test_claim_refuses_a_live_lease(store_factory: Callable[[], Store]) ->
         assert await store.heartbeat(tx.owner, 10, time.time()) == 1
     finally:
         await store.close()
+
+
+async def test_a_claim_is_exclusive_even_for_its_owner(store_factory: Callable[[], Store]) -> None:
+    """Two decisions of one process must not both hold a transaction: a claim never hands it
+    to whoever holds it, its own owner included (until the lease runs out)."""
+    store = store_factory()
+    await store.open()
+    try:
+        tx = new_tx()
+        tx.owner = tx.lease_until = None
+        await store.create(tx, tx.blocks)
+        now = time.time()
+        first = await store.claim("x1", "me", 10, now)
+        assert first is not None and first.owner == "me"
+        assert await store.claim("x1", "me", 10, now) is None
+        again = await store.claim("x1", "me", 10, now + 11)  # the lease ran out
+        assert again is not None and again.fence == first.fence + 1
+    finally:
+        await store.close()
+
+
+async def test_add_signal_applies_only_where_it_can_be_consumed(
+    store_factory: Callable[[], Store],
+) -> None:
+    import asyncio
+
+    from switchback.store import SignalRefused
+
+    stores = [store_factory() for _ in range(3)]
+    for s in stores:
+        await s.open()
+    store = stores[0]
+    try:
+        tx = new_tx()
+        tx.status, tx.cursor = "waiting", 1
+        await store.create(tx, tx.blocks)
+        now = time.time()
+
+        def add(s: Store, name: str = "go", **kw: Any) -> Any:
+            sig = SignalRecord(xid="x1", name=name, payload=None, at=now, actor="me")
+            return s.add_signal(sig, AuditRecord("x1", now, "me", "signal"), **kw)
+
+        with pytest.raises(SignalRefused) as info:
+            await add(store, statuses=["running"])
+        assert (info.value.status, info.value.pending) == ("waiting", None)
+        with pytest.raises(SignalRefused):
+            await add(store, statuses=["waiting"], max_cursor=0)  # past the last wait for it
+        with pytest.raises(SignalRefused) as info:
+            await store.add_signal(
+                SignalRecord(xid="nope", name="go", payload=None, at=now, actor="me"),
+                AuditRecord("nope", now, "me", "signal"),
+            )
+        assert info.value.status is None  # no such transaction
+        # Concurrent adds of one name from three "processes": exactly one is stored.
+        got = await asyncio.gather(
+            *(add(s, statuses=["waiting"], max_cursor=1) for s in stores for _ in range(3)),
+            return_exceptions=True,
+        )
+        stored = [g for g in got if isinstance(g, int)]
+        refused = [g for g in got if isinstance(g, SignalRefused)]
+        assert len(stored) == 1 and len(refused) == 8
+        assert all(r.pending is not None and r.pending.id == stored[0] for r in refused)
+        await add(store, name="other")  # another name is independent
+        loaded = await store.load("x1")
+        assert loaded is not None
+        assert [a.action for a in loaded.audit] == ["signal", "signal"]  # nothing refused landed
+        await store.write(loaded, consume_signal=stored[0])
+        await add(store, statuses=["waiting"])  # consumed: the name is free again
+    finally:
+        for s in stores:
+            await s.close()
 
 
 def test_owner_is_dead_detects_killed_processes() -> None:
@@ -233,8 +305,8 @@ async def test_concurrent_claims_exactly_one_wins(store_factory: Callable[[], St
         got = await asyncio.gather(
             *(s.claim("x1", f"w{i}", 10, now) for i, s in enumerate(stores) for _ in range(3))
         )
-        winners = {t.owner for t in got if t is not None}
-        assert len(winners) == 1
+        winners = [t.owner for t in got if t is not None]
+        assert len(winners) == 1  # one claim, not one owner claiming it thrice
         stored = await stores[0].load("x1")
         assert stored is not None and stored.owner in winners
     finally:

@@ -27,6 +27,7 @@ from switchback.store.base import (
     DuplicateIdempotencyKey,
     FencedOut,
     LockHeld,
+    SignalRefused,
     Store,
     StoreError,
     list_query,
@@ -592,16 +593,18 @@ class PostgresStore(Store):
         self, xid: str, owner: str, lease_seconds: float, now: float
     ) -> TxRecord | None:
         async with self.pool.connection() as conn:
+            # Never "already mine": a claim is exclusive, even within one owner (two decisions
+            # of one process must not both hold the transaction).
             cur = await conn.execute(
                 "UPDATE transactions SET owner=%s, lease_until=%s, fence=fence+1 WHERE xid=%s AND "
-                "(owner IS NULL OR owner=%s OR lease_until < %s) RETURNING owner",
-                (owner, now + lease_seconds, xid, owner, now),
+                "(owner IS NULL OR lease_until < %s) RETURNING owner",
+                (owner, now + lease_seconds, xid, now),
             )
             if await cur.fetchone() is None:
                 row = await (
                     await conn.execute("SELECT owner FROM transactions WHERE xid=%s", (xid,))
                 ).fetchone()
-                if row is None or not owner_is_dead(row[0]):
+                if row is None or row[0] == owner or not owner_is_dead(row[0]):
                     return None
                 # Its owner is a dead process on this host: take over, but only from that owner
                 # (compare and set), in case someone else was quicker.
@@ -622,8 +625,34 @@ class PostgresStore(Store):
             )
             return cur.rowcount
 
-    async def add_signal(self, signal: SignalRecord, audit: AuditRecord) -> int:
-        async with self.pool.connection() as conn:
+    async def add_signal(
+        self,
+        signal: SignalRecord,
+        audit: AuditRecord,
+        *,
+        statuses: Sequence[str] | None = None,
+        max_cursor: int | None = None,
+    ) -> int:
+        async with self.pool.connection() as conn, conn.transaction():
+            # The transaction's row lock serialises this with every other signal for it and with
+            # every write of its driver (which consumes signals in the same statement that
+            # updates the row): the check below sees the latest committed state.
+            row = await (
+                await conn.execute(
+                    "SELECT status, cursor FROM transactions WHERE xid=%s FOR UPDATE",
+                    (signal.xid,),
+                )
+            ).fetchone()
+            status, cursor = row if row else (None, None)
+            if (
+                row is None
+                or (statuses is not None and status not in statuses)
+                or (max_cursor is not None and cursor > max_cursor)
+            ):
+                raise SignalRefused(signal.xid, status, cursor, None)
+            pending = await self._pending(conn, signal.xid, signal.name)
+            if pending is not None:
+                raise SignalRefused(signal.xid, status, cursor, pending)
             row = await (
                 await conn.execute(
                     "WITH s AS (INSERT INTO signals (xid, name, payload, at, actor) "
@@ -736,18 +765,24 @@ class PostgresStore(Store):
             rows = await (await conn.execute(_WAITING)).fetchall()
         return waiting_records(rows, now)
 
-    async def pending_signal(self, xid: str, name: str) -> SignalRecord | None:
-        async with self.pool.connection() as conn:
-            r = await (
-                await conn.execute(
-                    "SELECT id, xid, name, payload, at, actor FROM signals "
-                    "WHERE xid=%s AND name=%s AND NOT consumed ORDER BY id LIMIT 1",
-                    (xid, name),
-                )
-            ).fetchone()
+    @staticmethod
+    async def _pending(
+        conn: psycopg.AsyncConnection[Any], xid: str, name: str
+    ) -> SignalRecord | None:
+        r = await (
+            await conn.execute(
+                "SELECT id, xid, name, payload, at, actor FROM signals "
+                "WHERE xid=%s AND name=%s AND NOT consumed ORDER BY id LIMIT 1",
+                (xid, name),
+            )
+        ).fetchone()
         if r is None:
             return None
         return SignalRecord(id=r[0], xid=r[1], name=r[2], payload=r[3], at=r[4], actor=r[5])
+
+    async def pending_signal(self, xid: str, name: str) -> SignalRecord | None:
+        async with self.pool.connection() as conn:
+            return await self._pending(conn, xid, name)
 
     async def list_locks(self) -> list[LockRecord]:
         async with self.pool.connection() as conn:

@@ -22,6 +22,7 @@ from switchback.store.base import (
     DuplicateIdempotencyKey,
     FencedOut,
     LockHeld,
+    SignalRefused,
     Store,
     StoreError,
     list_query,
@@ -663,9 +664,9 @@ class SQLiteStore(Store):
                 if row is None:
                     return None
                 cur_owner, lease_until, fence = row
+                # Never "already mine": a claim is exclusive, even within one owner.
                 free = (
                     cur_owner is None
-                    or cur_owner == owner
                     or (lease_until is not None and lease_until < now)
                     or owner_is_dead(cur_owner)
                 )
@@ -689,9 +690,31 @@ class SQLiteStore(Store):
 
         return await self._write_op(go)
 
-    async def add_signal(self, signal: SignalRecord, audit: AuditRecord) -> int:
+    async def add_signal(
+        self,
+        signal: SignalRecord,
+        audit: AuditRecord,
+        *,
+        statuses: Sequence[str] | None = None,
+        max_cursor: int | None = None,
+    ) -> int:
         def go(db: sqlite3.Connection) -> int:
             def body() -> int:
+                # Inside the batch's BEGIN IMMEDIATE: no other write (ours or another process's)
+                # can come between this check and the insert.
+                row = db.execute(
+                    "SELECT status, cursor FROM transactions WHERE xid=?", (signal.xid,)
+                ).fetchone()
+                status, cursor = row if row else (None, None)
+                if (
+                    row is None
+                    or (statuses is not None and status not in statuses)
+                    or (max_cursor is not None and cursor > max_cursor)
+                ):
+                    raise SignalRefused(signal.xid, status, cursor, None)
+                pending = self._pending(db, signal.xid, signal.name)
+                if pending is not None:
+                    raise SignalRefused(signal.xid, status, cursor, pending)
                 cur = db.execute(
                     "INSERT INTO signals (xid, name, payload, at, actor) VALUES (?, ?, ?, ?, ?)",
                     (signal.xid, signal.name, _dump(signal.payload), signal.at, signal.actor),
@@ -794,20 +817,19 @@ class SQLiteStore(Store):
     async def waiting(self, now: float) -> list[WaitingRecord]:
         return await self._run(lambda db: waiting_records(db.execute(_WAITING).fetchall(), now))
 
-    async def pending_signal(self, xid: str, name: str) -> SignalRecord | None:
-        def go(db: sqlite3.Connection) -> SignalRecord | None:
-            r = db.execute(
-                "SELECT id, xid, name, payload, at, actor FROM signals "
-                "WHERE xid=? AND name=? AND consumed=0 ORDER BY id LIMIT 1",
-                (xid, name),
-            ).fetchone()
-            if r is None:
-                return None
-            return SignalRecord(
-                id=r[0], xid=r[1], name=r[2], payload=_load(r[3]), at=r[4], actor=r[5]
-            )
+    @staticmethod
+    def _pending(db: sqlite3.Connection, xid: str, name: str) -> SignalRecord | None:
+        r = db.execute(
+            "SELECT id, xid, name, payload, at, actor FROM signals "
+            "WHERE xid=? AND name=? AND consumed=0 ORDER BY id LIMIT 1",
+            (xid, name),
+        ).fetchone()
+        if r is None:
+            return None
+        return SignalRecord(id=r[0], xid=r[1], name=r[2], payload=_load(r[3]), at=r[4], actor=r[5])
 
-        return await self._run(go)
+    async def pending_signal(self, xid: str, name: str) -> SignalRecord | None:
+        return await self._run(lambda db: self._pending(db, xid, name))
 
     async def list_locks(self) -> list[LockRecord]:
         def go(db: sqlite3.Connection) -> list[LockRecord]:

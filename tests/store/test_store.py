@@ -155,9 +155,9 @@ async def test_idempotency_key_is_unique(store_factory: Callable[[], Store]) -> 
     store = store_factory()
     await store.open()
     try:
-        a = new_tx("a", idempotency_key="k")
+        a = new_tx("a", idempotency_key="k", idempotency_scope="me")
         await store.create(a, a.blocks)
-        b = new_tx("b", idempotency_key="k")
+        b = new_tx("b", idempotency_key="k", idempotency_scope="me")
         with pytest.raises(DuplicateIdempotencyKey) as info:
             await store.create(b, b.blocks)
         assert info.value.existing.xid == "a"
@@ -338,6 +338,74 @@ async def test_concurrent_creates_on_one_lock_key(store_factory: Callable[[], St
     finally:
         for s in stores:
             await s.close()
+
+
+def _make_v2_store(kind: str, tmp_path: Path) -> None:
+    """A store as switchback with schema version 2 left it: one transaction started with an
+    idempotency key by alice (global keys then)."""
+    from switchback.store import postgres, sqlite
+
+    rows = [
+        "INSERT INTO transactions (xid, seq, scenario, status, request, created_at, updated_at, "
+        "idempotency_key, request_hash) VALUES ('old1', 1, 's', 'completed', '{}', 1, 1, 'k', 'h')",
+        "INSERT INTO blocks (xid, idx, name, status) VALUES ('old1', 0, 'b0', 'done')",
+        "INSERT INTO audit (xid, at, actor, action) VALUES ('old1', 1, 'alice', 'start')",
+    ]
+    if kind == "sqlite":
+        (tmp_path / "data").mkdir()
+        db = sqlite3.connect(tmp_path / "data" / "switchback.db", isolation_level=None)
+        for migration in sqlite.MIGRATIONS[:2]:
+            db.executescript(migration)
+        db.execute("PRAGMA user_version=2")
+        for sql in rows:
+            db.execute(sql)
+        db.close()
+        return
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        schema = pg_schema(tmp_path)
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'SET search_path TO "{schema}"')
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (2)")
+        for migration in postgres.MIGRATIONS[:2]:
+            for stmt in migration.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)  # type: ignore[arg-type]
+        conn.execute(rows[0].replace("(xid, seq, ", "(xid, ").replace("'old1', 1, ", "'old1', "))
+        for sql in rows[1:]:
+            conn.execute(sql)  # type: ignore[arg-type]
+
+
+async def test_migration_scopes_existing_idempotency_keys(
+    store_kind: str, store_factory: Callable[[], Store], tmp_path: Path
+) -> None:
+    """Version 3: keys are unique per caller. A database of version 2 migrates in place, each
+    key getting the actor who started its transaction."""
+    _make_v2_store(store_kind, tmp_path)
+    store = store_factory()
+    await store.open()
+    try:
+        old = await store.load("old1")
+        assert old is not None and old.status == "completed" and len(old.blocks) == 1
+        assert (old.idempotency_key, old.idempotency_scope) == ("k", "alice")
+        found = await store.find_by_idempotency_key("alice", "k")
+        assert found is not None and found.xid == "old1"
+        assert await store.find_by_idempotency_key("bob", "k") is None
+        bobs = new_tx("new1", idempotency_key="k", idempotency_scope="bob")
+        await store.create(bobs, bobs.blocks)  # the same key, another caller
+        again = new_tx("new2", idempotency_key="k", idempotency_scope="alice")
+        with pytest.raises(DuplicateIdempotencyKey) as info:
+            await store.create(again, again.blocks)
+        assert info.value.existing.xid == "old1"
+    finally:
+        await store.close()
+    if store_kind == "sqlite":
+        db = sqlite3.connect(tmp_path / "data" / "switchback.db")
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+        db.close()
 
 
 async def test_postgres_schema_is_versioned_and_refuses_a_newer_one(tmp_path: Path) -> None:

@@ -309,9 +309,10 @@ class Engine:
         keys = lock_keys(sc, request)
         fingerprint = request_fingerprint(request) if idempotency_key else None
         if idempotency_key:
-            existing = await self.store.find_by_idempotency_key(idempotency_key)
+            # A key is the caller's own: another caller's same key is another call.
+            existing = await self.store.find_by_idempotency_key(actor, idempotency_key)
             if existing:
-                return self._same_request(existing, idempotency_key, fingerprint)
+                return self._same_request(existing, idempotency_key, sc.name, fingerprint)
         now = self.clock()
         xid = f"{int(now * 1000) & 0xFFFF_FFFF_FFFF:012x}{_XID_RANDOM.getrandbits(80):020x}"
         tx = TxRecord(
@@ -323,6 +324,7 @@ class Engine:
             updated_at=now,
             deadline=now + sc.transaction.timeout if sc.transaction.timeout else None,
             idempotency_key=idempotency_key,
+            idempotency_scope=actor if idempotency_key else None,
             request_hash=fingerprint,
             owner=self.owner,
             lease_until=now + self.lease_seconds,
@@ -339,7 +341,7 @@ class Engine:
                 await self.store.create(tx, tx.blocks, audit, locks=keys)
                 break
             except DuplicateIdempotencyKey as dup:
-                return self._same_request(dup.existing, idempotency_key or "", fingerprint)
+                return self._same_request(dup.existing, idempotency_key or "", sc.name, fingerprint)
             except LockHeld as held:
                 # All keys are taken in one commit or none, so waiting here cannot deadlock.
                 left = waited_until - time.monotonic()
@@ -358,7 +360,13 @@ class Engine:
         return tx
 
     @staticmethod
-    def _same_request(existing: TxRecord, key: str, fingerprint: str | None) -> TxRecord:
+    def _same_request(
+        existing: TxRecord, key: str, scenario: str, fingerprint: str | None
+    ) -> TxRecord:
+        """The transaction a key names, if this call is the one it was made for: the same
+        scenario and the same request; anything else is a conflict, never its result."""
+        if existing.scenario != scenario:
+            raise IdempotencyConflict(key, existing.xid, scenario=existing.scenario)
         if existing.request_hash != fingerprint:
             raise IdempotencyConflict(key, existing.xid)
         return existing

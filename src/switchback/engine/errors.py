@@ -54,14 +54,18 @@ class LockTimeout(EngineError):
 
 
 class IdempotencyConflict(EngineError):
-    """The same idempotency key was used with a different request."""
+    """The same idempotency key was used for another call: a different request, or (when
+    ``scenario`` is set) another scenario, the one named."""
 
-    def __init__(self, key: str, xid: str) -> None:
+    def __init__(self, key: str, xid: str, *, scenario: str | None = None) -> None:
         self.key = key
         self.xid = xid
-        super().__init__(
-            f"idempotency key {key!r} was already used with a different request (transaction {xid})"
-        )
+        self.scenario = scenario
+        if scenario is not None:
+            text = f"idempotency key {key!r} was already used for scenario {scenario!r}"
+        else:
+            text = f"idempotency key {key!r} was already used with a different request"
+        super().__init__(f"{text} (transaction {xid})")
 
 
 class LimitReached(TimeoutError):

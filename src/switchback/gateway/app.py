@@ -657,6 +657,12 @@ async def _engine_error(request: Request, exc: Exception) -> Response:
             422, "request does not match the schema", {"violations": exc.violations}
         )
     if isinstance(exc, IdempotencyConflict):
+        if exc.scenario is not None:
+            return error_response(
+                422,
+                "idempotency key reused with another scenario",
+                {"xid": exc.xid, "scenario": exc.scenario, "message": str(exc)},
+            )
         return error_response(
             422,
             "idempotency key reused with a different request",

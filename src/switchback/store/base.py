@@ -87,7 +87,8 @@ class Store(abc.ABC):
     ) -> None:
         """Insert a new transaction with its blocks, taking all its resource ``locks`` in the
         same commit (all or nothing, so two transactions can never deadlock on them).
-        Raises DuplicateIdempotencyKey, or LockHeld (and inserts nothing)."""
+        Raises DuplicateIdempotencyKey (``tx.idempotency_key`` is taken in
+        ``tx.idempotency_scope``), or LockHeld (and inserts nothing)."""
 
     @abc.abstractmethod
     async def write(
@@ -119,7 +120,8 @@ class Store(abc.ABC):
         """Newest first, without blocks/audit; returns the page and the next cursor."""
 
     @abc.abstractmethod
-    async def find_by_idempotency_key(self, key: str) -> TxRecord | None: ...
+    async def find_by_idempotency_key(self, scope: str, key: str) -> TxRecord | None:
+        """The transaction started with this key in this scope (the caller), or None."""
 
     @abc.abstractmethod
     async def claim(

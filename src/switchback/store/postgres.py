@@ -47,7 +47,7 @@ from switchback.store.records import (
 )
 
 _WAITING = waiting_query("NOT s.consumed")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each entry migrates from version i to i+1 (same history as the SQLite store). New versions
 # append here; never edit old entries.
@@ -121,6 +121,16 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX locks_xid ON locks (xid);
     """,
+    # 3: an idempotency key is unique per scope (the caller who used it), not across callers.
+    # Existing keys get the actor of their start record.
+    """
+    ALTER TABLE transactions ADD COLUMN idempotency_scope TEXT;
+    UPDATE transactions t SET idempotency_scope = COALESCE((SELECT a.actor FROM audit a
+        WHERE a.xid = t.xid AND a.action = 'start' ORDER BY a.id LIMIT 1), '')
+        WHERE t.idempotency_key IS NOT NULL;
+    ALTER TABLE transactions DROP CONSTRAINT transactions_idempotency_key_key;
+    CREATE UNIQUE INDEX tx_idempotency ON transactions (idempotency_scope, idempotency_key);
+    """,
 ]
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -132,7 +142,7 @@ def _dump(value: Any) -> str | None:
 
 _TX_COLS = (
     "xid, scenario, status, request, cursor, reason, error, result, created_at, updated_at, "
-    "deadline, idempotency_key, request_hash, owner, lease_until, fence"
+    "deadline, idempotency_key, request_hash, owner, lease_until, fence, idempotency_scope"
 )
 _BLOCK_COLS = (
     "xid, idx, name, status, attempts, output, error, started_at, ended_at, undo_attempts, "
@@ -145,6 +155,7 @@ def _tx_from_row(r: Sequence[Any]) -> TxRecord:
         xid=r[0], scenario=r[1], status=r[2], request=r[3], cursor=r[4], reason=r[5],
         error=r[6], result=r[7], created_at=r[8], updated_at=r[9], deadline=r[10],
         idempotency_key=r[11], request_hash=r[12], owner=r[13], lease_until=r[14], fence=r[15],
+        idempotency_scope=r[16],
     )  # fmt: skip
 
 
@@ -188,7 +199,7 @@ WITH l AS (
     INSERT INTO locks (key, xid, acquired_at) SELECT k, %s, %s FROM unnest(%s::text[]) AS k
 ), t AS (
     INSERT INTO transactions ({_TX_COLS}) VALUES
-    (%s, %s, %s, %s::jsonb, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s)
+    (%s, %s, %s, %s::jsonb, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ), b AS (
     INSERT INTO blocks ({_BLOCK_COLS})
     SELECT %s, v.* FROM {_BLOCK_ROWS}
@@ -501,6 +512,7 @@ class PostgresStore(Store):
             tx.xid, tx.scenario, tx.status, _dump(tx.request), tx.cursor, tx.reason,
             _dump(tx.error), _dump(tx.result), tx.created_at, tx.updated_at, tx.deadline,
             tx.idempotency_key, tx.request_hash, tx.owner, tx.lease_until, tx.fence,
+            tx.idempotency_scope,
             tx.xid, _blocks_json(blocks),
             tx.xid, *_audit_params(audit),
         )  # fmt: skip
@@ -517,8 +529,10 @@ class PostgresStore(Store):
                     if held is None:
                         continue  # released between our insert and the look-up: try again
                     raise LockHeld(*held) from None
-                if tx.idempotency_key and "idempotency_key" in constraint:
-                    existing = await self.find_by_idempotency_key(tx.idempotency_key)
+                if tx.idempotency_key and constraint == "tx_idempotency":
+                    existing = await self.find_by_idempotency_key(
+                        tx.idempotency_scope or "", tx.idempotency_key
+                    )
                     if existing is not None:
                         raise DuplicateIdempotencyKey(existing) from None
                 raise
@@ -728,10 +742,13 @@ class PostgresStore(Store):
         async with self.pool.connection() as conn:
             return await self._load(conn, xid)
 
-    async def find_by_idempotency_key(self, key: str) -> TxRecord | None:
+    async def find_by_idempotency_key(self, scope: str, key: str) -> TxRecord | None:
         async with self.pool.connection() as conn:
             row = await (
-                await conn.execute("SELECT xid FROM transactions WHERE idempotency_key=%s", (key,))
+                await conn.execute(
+                    "SELECT xid FROM transactions WHERE idempotency_scope=%s AND idempotency_key=%s",
+                    (scope, key),
+                )
             ).fetchone()
             return await self._load(conn, row[0]) if row else None
 

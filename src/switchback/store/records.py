@@ -116,6 +116,8 @@ class TxRecord:
     updated_at: float = 0.0
     deadline: float | None = None
     idempotency_key: str | None = None
+    # Whose key it is (the actor who called): two callers' keys never meet.
+    idempotency_scope: str | None = None
     request_hash: str | None = None
     # Ownership: the process driving the transaction holds a lease; every write it makes carries
     # the fencing token it got when it claimed, and a write with a stale token is refused.

@@ -45,7 +45,7 @@ from switchback.store.records import (
 T = TypeVar("T")
 log = logging.getLogger("switchback.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each entry migrates from version i to i+1. New versions append here; never edit old entries.
 MIGRATIONS: list[str] = [
@@ -118,6 +118,41 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX locks_xid ON locks (xid);
     """,
+    # 3: an idempotency key is unique per scope (the caller who used it), not across callers.
+    # SQLite cannot drop a column's UNIQUE constraint: the table is rebuilt (foreign keys are
+    # off while migrating, see _open_sync). Existing keys get the actor of their start record.
+    """
+    CREATE TABLE transactions_v3 (
+        xid TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL UNIQUE,
+        scenario TEXT NOT NULL,
+        status TEXT NOT NULL,
+        request TEXT,
+        cursor INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        error TEXT,
+        result TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        deadline REAL,
+        idempotency_key TEXT,
+        request_hash TEXT,
+        owner TEXT,
+        lease_until REAL,
+        fence INTEGER NOT NULL DEFAULT 0,
+        idempotency_scope TEXT
+    );
+    INSERT INTO transactions_v3 SELECT t.*, CASE WHEN t.idempotency_key IS NULL THEN NULL ELSE
+        COALESCE((SELECT a.actor FROM audit a WHERE a.xid = t.xid AND a.action = 'start'
+                  ORDER BY a.id LIMIT 1), '') END
+        FROM transactions t;
+    DROP TABLE transactions;
+    ALTER TABLE transactions_v3 RENAME TO transactions;
+    CREATE INDEX tx_status ON transactions (status, seq);
+    CREATE INDEX tx_scenario ON transactions (scenario, seq);
+    CREATE INDEX tx_owner ON transactions (owner);
+    CREATE UNIQUE INDEX tx_idempotency ON transactions (idempotency_scope, idempotency_key);
+    """,
 ]
 
 
@@ -130,7 +165,7 @@ def _load(text: str | None) -> Any:
 
 _TX_COLS = (
     "xid, scenario, status, request, cursor, reason, error, result, created_at, updated_at, "
-    "deadline, idempotency_key, request_hash, owner, lease_until, fence"
+    "deadline, idempotency_key, request_hash, owner, lease_until, fence, idempotency_scope"
 )
 _BLOCK_COLS = (
     "xid, idx, name, status, attempts, output, error, started_at, ended_at, undo_attempts, "
@@ -143,6 +178,7 @@ def _tx_from_row(r: sqlite3.Row | tuple[Any, ...]) -> TxRecord:
         xid=r[0], scenario=r[1], status=r[2], request=_load(r[3]), cursor=r[4], reason=r[5],
         error=_load(r[6]), result=_load(r[7]), created_at=r[8], updated_at=r[9], deadline=r[10],
         idempotency_key=r[11], request_hash=r[12], owner=r[13], lease_until=r[14], fence=r[15],
+        idempotency_scope=r[16],
     )  # fmt: skip
 
 
@@ -164,7 +200,7 @@ def _block_update_params(b: BlockRecord) -> tuple[Any, ...]:
 _TX_INSERT = (
     f"INSERT INTO transactions (seq, {_TX_COLS}) VALUES "
     "((SELECT COALESCE(MAX(seq), 0) + 1 FROM transactions), "
-    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _BLOCK_INSERT = f"INSERT INTO blocks ({_BLOCK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _WAITING = waiting_query("s.consumed = 0")
@@ -469,7 +505,9 @@ class SQLiteStore(Store):
         db.execute("PRAGMA journal_mode=WAL")
         sync = "NORMAL" if self._fsync else self.synchronous
         db.execute(f"PRAGMA synchronous={sync}")
-        db.execute("PRAGMA foreign_keys=ON")
+        # Foreign keys are enforced from after the migrations (a migration may rebuild a table
+        # that others reference; the pragma cannot change inside a transaction).
+        db.execute("PRAGMA foreign_keys=OFF")
         db.execute("BEGIN IMMEDIATE")
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -483,11 +521,14 @@ class SQLiteStore(Store):
                     if stmt.strip():
                         db.execute(stmt)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if version < SCHEMA_VERSION and db.execute("PRAGMA foreign_key_check").fetchone():
+                raise StoreError(f"{self.path}: migration broke a foreign key")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             db.close()
             raise
+        db.execute("PRAGMA foreign_keys=ON")
         if self._fsync:
             db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # make sure the -wal file exists
             # fsync works on the file, whichever descriptor: our own read-only one will do.
@@ -575,11 +616,12 @@ class SQLiteStore(Store):
                             tx.owner,
                             tx.lease_until,
                             tx.fence,
+                            tx.idempotency_scope,
                         ),
                     )
                 except sqlite3.IntegrityError:
                     if tx.idempotency_key:
-                        existing = self._find_key(db, tx.idempotency_key)
+                        existing = self._find_key(db, tx.idempotency_scope, tx.idempotency_key)
                         if existing:
                             raise DuplicateIdempotencyKey(existing) from None
                     raise
@@ -780,12 +822,15 @@ class SQLiteStore(Store):
         return await self._run(lambda db: self._load(db, xid))
 
     @staticmethod
-    def _find_key(db: sqlite3.Connection, key: str) -> TxRecord | None:
-        row = db.execute("SELECT xid FROM transactions WHERE idempotency_key=?", (key,)).fetchone()
+    def _find_key(db: sqlite3.Connection, scope: str | None, key: str) -> TxRecord | None:
+        row = db.execute(
+            "SELECT xid FROM transactions WHERE idempotency_scope=? AND idempotency_key=?",
+            (scope, key),
+        ).fetchone()
         return SQLiteStore._load(db, row[0]) if row else None
 
-    async def find_by_idempotency_key(self, key: str) -> TxRecord | None:
-        return await self._run(lambda db: self._find_key(db, key))
+    async def find_by_idempotency_key(self, scope: str, key: str) -> TxRecord | None:
+        return await self._run(lambda db: self._find_key(db, scope, key))
 
     async def list(
         self,

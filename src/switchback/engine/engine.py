@@ -22,7 +22,7 @@ import traceback
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from switchback.engine import decisions
+from switchback.engine import decisions, inputs
 from switchback.engine.context import BlockContext
 from switchback.engine.errors import (
     Busy,
@@ -32,6 +32,7 @@ from switchback.engine.errors import (
     LimitReached,
     LockTimeout,
     RequestInvalid,
+    TextInvalid,
     UnknownScenario,
     UnknownTransaction,
     error_info,
@@ -66,6 +67,7 @@ from switchback.store.records import (
     LockRecord,
     SignalRecord,
     TxRecord,
+    to_json,
 )
 
 log = logging.getLogger("switchback.engine")
@@ -92,6 +94,20 @@ def _lease_from_env() -> float:
     if not value > 0:
         raise ValueError(f"SWITCHBACK_LEASE_SECONDS must be a number of seconds > 0, not {text!r}")
     return value
+
+
+def accept(*problems: list[dict[str, str]]) -> None:
+    """Refuse (TextInvalid, HTTP 422) input the platform does not accept (engine/inputs.py)."""
+    found = [p for group in problems for p in group]
+    if found:
+        raise TextInvalid(found)
+
+
+def _json_or_none(tx: TxRecord) -> str | None:
+    try:
+        return tx.request_json()
+    except ValueError:  # a non-finite number: json_problems locates it
+        return None
 
 
 class TransactionTimeout(Exception):
@@ -236,6 +252,7 @@ class Engine:
             raise UnknownScenario(str(exc.args[0])) from None
 
     async def get(self, xid: str) -> TxRecord:
+        accept(inputs.field_problems(xid=xid))
         tx = await self.store.load(xid)
         if tx is None:
             raise UnknownTransaction(xid)
@@ -248,6 +265,7 @@ class Engine:
         limit: int = 50,
         cursor: str | None = None,
     ) -> tuple[list[TxRecord], str | None]:
+        accept(inputs.field_problems(status=status, scenario=scenario, cursor=cursor))
         return await self.store.list(status=status, scenario=scenario, limit=limit, cursor=cursor)
 
     async def locks(self) -> list[LockRecord]:
@@ -307,12 +325,6 @@ class Engine:
         if violations:
             raise RequestInvalid(violations)
         keys = lock_keys(sc, request)
-        fingerprint = request_fingerprint(request) if idempotency_key else None
-        if idempotency_key:
-            # A key is the caller's own: another caller's same key is another call.
-            existing = await self.store.find_by_idempotency_key(actor, idempotency_key)
-            if existing:
-                return self._same_request(existing, idempotency_key, sc.name, fingerprint)
         now = self.clock()
         xid = f"{int(now * 1000) & 0xFFFF_FFFF_FFFF:012x}{_XID_RANDOM.getrandbits(80):020x}"
         tx = TxRecord(
@@ -325,11 +337,27 @@ class Engine:
             deadline=now + sc.transaction.timeout if sc.transaction.timeout else None,
             idempotency_key=idempotency_key,
             idempotency_scope=actor if idempotency_key else None,
-            request_hash=fingerprint,
             owner=self.owner,
             lease_until=now + self.lease_seconds,
             fence=1,
         )
+        # The request's JSON is made here once (the store writes the same text): checking it
+        # costs a regex search unless it holds a suspect escape.
+        accept(
+            inputs.json_problems(request, _json_or_none(tx)),
+            inputs.field_problems(idempotency_key=idempotency_key, actor=actor),
+        )
+        if idempotency_key:
+            tx.request_hash = fingerprint = request_fingerprint(request)
+            # A key is the caller's own: another caller's same key is another call.
+            existing = await self.store.find_by_idempotency_key(actor, idempotency_key)
+            if existing:
+                return self._same_request(existing, idempotency_key, sc.name, fingerprint)
+            now = self.clock()
+            tx.created_at = tx.updated_at = now
+            tx.lease_until = now + self.lease_seconds
+            tx.deadline = now + sc.transaction.timeout if sc.transaction.timeout else None
+        fingerprint = tx.request_hash
         tx.blocks = [BlockRecord(xid=xid, index=i, name=b.name) for i, b in enumerate(sc.blocks)]
         first = tx.blocks[0]
         first.status, first.attempts, first.started_at = B_RUNNING, 1, now
@@ -392,6 +420,10 @@ class Engine:
     ) -> TxRecord:
         """Run a suspended transaction again from its failed block (or ``from_block``, an earlier
         one), optionally with a corrected request that is validated again."""
+        accept(
+            inputs.field_problems(xid=xid, actor=actor, reason=reason, **{"from": from_block}),
+            inputs.json_problems(request, at="/request") if request is not None else [],
+        )
         async with self._claimed(xid) as tx:
             decisions.ROLLFORWARD.check(tx)
             sc = self.scenario(tx.scenario)
@@ -460,6 +492,7 @@ class Engine:
         self, xid: str, *, actor: str, reason: str | None = None, wait: bool = True
     ) -> TxRecord:
         """UNDO every block whose DO ran, newest first. Also retries a failed rollback."""
+        accept(inputs.field_problems(xid=xid, actor=actor, reason=reason))
         async with self._claimed(xid) as tx:
             decisions.ROLLBACK.check(tx)
             stale_pause = await self.store.pending_signal(xid, PAUSE_SIGNAL)
@@ -482,6 +515,7 @@ class Engine:
         self, xid: str, *, actor: str, reason: str, wait: bool = True
     ) -> TxRecord:
         """Declare the failed UNDO done by hand; the rollback then goes on with older blocks."""
+        accept(inputs.field_problems(xid=xid, actor=actor, reason=reason))
         if not reason or not reason.strip():
             raise DecisionRefused(xid, "marking a block compensated needs a reason")
         async with self._claimed(xid) as tx:
@@ -517,6 +551,10 @@ class Engine:
     ) -> TxRecord:
         """Deliver a durable signal; a transaction waiting for it resumes. One signal of a name
         is pending at a time, and only while a wait block for it may still run."""
+        accept(
+            inputs.field_problems(xid=xid, name=name, actor=actor, reason=reason),
+            inputs.json_problems(payload, at="/payload"),
+        )
         tx = await self.get(xid)
         sc = self.scenario(tx.scenario)
         window = decisions.signal_window(sc, name)
@@ -590,6 +628,7 @@ class Engine:
         finishes, the next one does not start — as ``suspended`` with reason ``paused``; a
         waiting one at once. Roll it forward to go on, or back. Driven by another worker, it
         pauses when that worker's heartbeat sees the request (within a third of the lease)."""
+        accept(inputs.field_problems(xid=xid, actor=actor, reason=reason))
         tx = await self.get(xid)
         decisions.PAUSE.check(tx)
         now = self.clock()
@@ -1009,11 +1048,19 @@ class Engine:
         if inspect.isawaitable(result):
             result = await result
         try:
-            json.dumps(result)
+            text = to_json(result)
         except (TypeError, ValueError) as exc:
             raise TypeError(
                 f"block {ctx.block!r} returned a value that is not JSON-serialisable: {exc}"
             ) from None
+        problems = inputs.json_problems(result, text)
+        if problems:
+            # The same rule as for requests: no store could keep it (a DO that returns it
+            # fails like one that returns something not JSON at all).
+            where = "; ".join(f"{p['path']}: {p['message']}" for p in problems[:5])
+            raise TypeError(
+                f"block {ctx.block!r} returned a value the platform cannot store: {where}"
+            )
         return result
 
     async def _attempts(

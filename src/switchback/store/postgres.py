@@ -12,7 +12,6 @@ URL: ``postgresql://user@host:port/db?schema=NAME&pool_size=N``; ``schema`` (def
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections import deque
 from collections.abc import Sequence
@@ -44,6 +43,7 @@ from switchback.store.records import (
     SignalRecord,
     TxRecord,
     WaitingRecord,
+    to_json,
 )
 
 _WAITING = waiting_query("NOT s.consumed")
@@ -136,8 +136,7 @@ MIGRATIONS: list[str] = [
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
-def _dump(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+_dump = to_json  # the encoder every store uses (no NaN/infinity: not JSON, jsonb refuses them)
 
 
 _TX_COLS = (
@@ -162,25 +161,27 @@ def _tx_from_row(r: Sequence[Any]) -> TxRecord:
 def _blocks_json(blocks: Sequence[BlockRecord]) -> str:
     """Block rows as one JSON array, expanded by ``jsonb_to_recordset`` on the server: one
     parameter whatever the block count, and far cheaper to send than a dozen typed arrays."""
-    return json.dumps(
-        [
-            {
-                "idx": b.index,
-                "name": b.name,
-                "status": b.status,
-                "attempts": b.attempts,
-                "output": b.output,
-                "error": b.error,
-                "started_at": b.started_at,
-                "ended_at": b.ended_at,
-                "undo_attempts": b.undo_attempts,
-                "undo_output": b.undo_output,
-                "undo_error": b.undo_error,
-                "note": b.note,
-            }
-            for b in blocks
-        ],
-        separators=(",", ":"),
+    return (
+        to_json(
+            [
+                {
+                    "idx": b.index,
+                    "name": b.name,
+                    "status": b.status,
+                    "attempts": b.attempts,
+                    "output": b.output,
+                    "error": b.error,
+                    "started_at": b.started_at,
+                    "ended_at": b.ended_at,
+                    "undo_attempts": b.undo_attempts,
+                    "undo_output": b.undo_output,
+                    "undo_error": b.undo_error,
+                    "note": b.note,
+                }
+                for b in blocks
+            ]
+        )
+        or "[]"
     )
 
 
@@ -509,7 +510,7 @@ class PostgresStore(Store):
         keys = sorted(set(locks))
         params = (
             tx.xid, tx.created_at, keys,
-            tx.xid, tx.scenario, tx.status, _dump(tx.request), tx.cursor, tx.reason,
+            tx.xid, tx.scenario, tx.status, tx.request_json(), tx.cursor, tx.reason,
             _dump(tx.error), _dump(tx.result), tx.created_at, tx.updated_at, tx.deadline,
             tx.idempotency_key, tx.request_hash, tx.owner, tx.lease_until, tx.fence,
             tx.idempotency_scope,
@@ -557,7 +558,7 @@ class PostgresStore(Store):
     ) -> None:
         final = tx.status in FINAL
         params: list[Any] = [
-            tx.status, _dump(tx.request), tx.cursor, tx.reason, _dump(tx.error), _dump(tx.result),
+            tx.status, tx.request_json(), tx.cursor, tx.reason, _dump(tx.error), _dump(tx.result),
             tx.updated_at, tx.deadline, tx.owner, tx.lease_until, tx.xid, tx.fence,
         ]  # fmt: skip
         if blocks:

@@ -30,11 +30,14 @@ UNDO_FAILED = "undo_failed"
 BLOCK_STATUSES = (PENDING, B_RUNNING, DONE, FAILED, UNDOING, UNDONE, UNDO_FAILED)
 
 
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+# allow_nan=False: NaN and infinity are not JSON (PostgreSQL's jsonb refuses them; SQLite would
+# keep text no JSON parser reads back). The engine refuses them before they get here.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def to_json(value: Any) -> str | None:
-    """Compact JSON, None for None. One shared encoder: json.dumps builds one per call."""
+    """Compact JSON, None for None. One shared encoder (json.dumps builds one per call), the
+    same for every store."""
     return None if value is None else _encode(value)
 
 

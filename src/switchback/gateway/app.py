@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
 from starlette.applications import Starlette
@@ -44,7 +44,6 @@ from switchback.engine import (
 )
 from switchback.gateway.auth import TokenSet
 from switchback.gateway.config import GatewayConfig
-from switchback.gateway.forward import Forwarder
 from switchback.gateway.http import (
     HTTPError,
     dumps,
@@ -71,6 +70,9 @@ from switchback.store.records import (
     UNDO_FAILED,
     TxRecord,
 )
+
+if TYPE_CHECKING:
+    from switchback.gateway.forward import Forwarder
 
 log = logging.getLogger("switchback.gateway")
 access_log = logging.getLogger("switchback.access")
@@ -254,6 +256,10 @@ class Gateway:
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         role = self.config.role
         if self.config.role == "apigw":
+            # Imported here: aiohttp takes a third of the gateway's import time, and only the
+            # apigw role forwards (restarts of the other roles stay quick).
+            from switchback.gateway.forward import Forwarder
+
             assert self.config.scenario_url
             self.forwarder = Forwarder(self.config.scenario_url, self.config.default_wait + 30)
         if self.engine is not None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from switchback.store import open_store
 from switchback.store.records import TxRecord
+from tests.eventually import eventually
 from tests.gateway.conftest import Server, auth, start_server
 
 ORDER = {"item": "gear", "qty": 2}
@@ -116,20 +116,21 @@ def test_transaction_role_takes_over_after_the_scenario_role_dies(
     assert r.status_code == 202, r.text
     xid = r.json()["xid"]
     started = scenario.flags / "started"
-    deadline = time.monotonic() + 10
-    while not started.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)  # polling for the block to start, not a synchronisation sleep
-    assert started.read_text() == xid
+    # The block writes its xid into the file; it can be seen empty before the write lands.
+    eventually(
+        lambda: started.exists() and started.read_text() == xid,
+        timeout=10,
+        what="the slow block to start",
+    )
     scenario.kill9()  # the non-idempotent block is now in doubt
 
     # The transaction role notices the dead owner and parks the transaction as interrupted.
     # Nothing else runs an engine now, so read the shared store directly.
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    def parked() -> TxRecord | None:
         tx = asyncio.run(load(scenario.data, xid))
-        if tx.status == "suspended":
-            break
-        time.sleep(0.05)
+        return tx if tx.status == "suspended" else None
+
+    tx = eventually(parked, timeout=15, what="the transaction role parks it")
     assert tx.status == "suspended"
     assert tx.reason == "interrupted"
     assert tx.blocks[0].status == "failed"

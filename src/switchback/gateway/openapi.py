@@ -313,7 +313,8 @@ def _scenario_operation(sc: Scenario, config: GatewayConfig) -> dict[str, Any]:
             "name": "Idempotency-Key",
             "in": "header",
             "required": False,
-            "description": "same key + same body returns the same transaction; a different body → 422",
+            "description": "the caller's key for this call: the same key, scenario and body "
+            "return the same transaction; another body or another scenario → 422",
             "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
         },
         {

@@ -1,13 +1,16 @@
 """HTTP benchmark: a synchronous scenario (request validation + one no-op block, durable on
 SQLite, or on PostgreSQL with --pg) served by `switchback serve`, against the ceiling: a bare
-Starlette endpoint on the same uvicorn settings that only validates the same JSON.
+Starlette endpoint on the same uvicorn settings that only validates the same JSON. In the same
+run, beside the scenario call: the admin API's one-row page (`GET /transactions?limit=1`), and
+both calls again through an `apigw` role in front (the path every call takes in the platform:
+apigw → scenario role), unless --no-apigw.
 
     .venv/bin/python bench/gateway_http.py [--seconds 10] [--connections 32] [--rounds 3]
-        [--pg postgresql://127.0.0.1:5432/test]
+        [--pg postgresql://127.0.0.1:5432/test] [--no-apigw]
 
 Keep-alive clients: `wrk` (Debian package `wrk`) when installed, else a small raw HTTP/1.1
-client on asyncio in its own process (`--client python`); the same client for both servers.
-Prints req/s and p50/p99 latency for each, and the ratio. Not a timed test: figures depend on
+client on asyncio in its own process (`--client python`); the same client for every server.
+Prints req/s and p50/p99 latency for each, and the ratios. Not a timed test: figures depend on
 the machine.
 """
 
@@ -55,6 +58,32 @@ BLOCKS = """
 async def noop(ctx):
     return {"ok": True}
 """
+TOKEN = "bench-token"
+
+
+class Call:
+    """One kind of request: what is sent, and what wrk and the raw client need for it."""
+
+    def __init__(self, method: str, path: str, body: bytes | None, headers: dict[str, str]):
+        self.method, self.path, self.body, self.headers = method, path, body, headers
+
+    def raw(self) -> bytes:
+        head = f"{self.method} {self.path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in self.headers.items())
+        if self.body is not None:
+            head += f"Content-Length: {len(self.body)}\r\n"
+        return head.encode() + b"\r\n" + (self.body or b"")
+
+    def lua(self) -> str:
+        out = f'wrk.method = "{self.method}"\n'
+        if self.body is not None:
+            out += f"wrk.body = [[{self.body.decode()}]]\n"
+        out += "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in self.headers.items())
+        return out
+
+
+SCENARIO_CALL = Call("POST", "/bench", BODY, {"Content-Type": "application/json"})
+LIST_CALL = Call("GET", "/transactions?limit=1", None, {"Authorization": f"Bearer {TOKEN}"})
 
 
 # -- the ceiling: same framework, same server settings, validation only ----------------------------
@@ -101,13 +130,14 @@ def run_ceiling(port: int) -> None:
 
 
 async def _worker(
-    port: int, stop_at: float, measure_from: float, lat: list[float], errors: list[int]
+    port: int,
+    request: bytes,
+    stop_at: float,
+    measure_from: float,
+    lat: list[float],
+    errors: list[int],
 ) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    request = (
-        b"POST /bench HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-        b"Content-Length: " + str(len(BODY)).encode() + b"\r\n\r\n" + BODY
-    )
     try:
         while True:
             began = time.perf_counter()
@@ -129,14 +159,16 @@ async def _worker(
         writer.close()
 
 
-def _load(port: int, seconds: float, warmup: float, connections: int, out: Any) -> None:
+def _load(
+    port: int, request: bytes, seconds: float, warmup: float, connections: int, out: Any
+) -> None:
     async def main() -> tuple[list[float], list[int]]:
         lat: list[float] = []
         errors: list[int] = []
         now = time.perf_counter()
         await asyncio.gather(
             *(
-                _worker(port, now + warmup + seconds, now + warmup, lat, errors)
+                _worker(port, request, now + warmup + seconds, now + warmup, lat, errors)
                 for _ in range(connections)
             )
         )
@@ -146,13 +178,6 @@ def _load(port: int, seconds: float, warmup: float, connections: int, out: Any) 
     out.send((lat, errors))
 
 
-WRK_SCRIPT = """
-wrk.method = "POST"
-wrk.body = [[%s]]
-wrk.headers["Content-Type"] = "application/json"
-"""
-
-
 def _ms(text: str) -> float:
     for unit, factor in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
         if text.endswith(unit):
@@ -160,15 +185,17 @@ def _ms(text: str) -> float:
     return float(text)
 
 
-def measure_wrk(port: int, seconds: float, warmup: float, connections: int) -> dict[str, float]:
+def measure_wrk(
+    port: int, call: Call, seconds: float, warmup: float, connections: int
+) -> dict[str, float]:
     import re
     import shutil
 
     wrk = shutil.which("wrk")
     assert wrk
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(WRK_SCRIPT % BODY.decode())
-    url = f"http://127.0.0.1:{port}/bench"
+        f.write(call.lua())
+    url = f"http://127.0.0.1:{port}{call.path}"
     base = [wrk, "-t1", f"-c{connections}", "-s", f.name, "--latency"]
     subprocess.run([*base, f"-d{max(1, int(warmup))}s", url], capture_output=True, check=True)
     out = subprocess.run(
@@ -186,9 +213,11 @@ def measure_wrk(port: int, seconds: float, warmup: float, connections: int) -> d
     }
 
 
-def measure(port: int, seconds: float, warmup: float, connections: int) -> dict[str, float]:
+def measure(
+    port: int, call: Call, seconds: float, warmup: float, connections: int
+) -> dict[str, float]:
     parent, child = mp.Pipe()
-    p = mp.Process(target=_load, args=(port, seconds, warmup, connections, child))
+    p = mp.Process(target=_load, args=(port, call.raw(), seconds, warmup, connections, child))
     p.start()
     lat, errors = parent.recv()
     p.join()
@@ -224,7 +253,7 @@ def wait_ready(port: int, path: str, proc: subprocess.Popen[bytes] | mp.Process)
             r = httpx.request(
                 "POST" if path == "/bench" else "GET",
                 f"http://127.0.0.1:{port}{path}",
-                content=BODY,
+                content=BODY if path == "/bench" else None,
                 headers={"Content-Type": "application/json"},
                 timeout=1,
             )
@@ -257,6 +286,9 @@ def main() -> None:
         help="serve the scenario on this PostgreSQL (a schema of its own, dropped at the end) "
         "instead of the embedded SQLite, e.g. postgresql://127.0.0.1:5432/test",
     )
+    ap.add_argument(
+        "--no-apigw", action="store_true", help="leave out the measurements through an apigw"
+    )
     args = ap.parse_args()
     import shutil
 
@@ -265,9 +297,12 @@ def main() -> None:
         client = "wrk" if shutil.which("wrk") else "python"
     run = measure_wrk if client == "wrk" else measure
 
+    store_name = "PostgreSQL" if args.pg else "SQLite"
     ceiling_name = "ceiling (validate only)"
-    gw_name = f"switchback scenario (1 no-op, {'PostgreSQL' if args.pg else 'SQLite'})"
-    rounds: dict[str, list[dict[str, float]]] = {ceiling_name: [], gw_name: []}
+    gw_name = f"switchback scenario (1 no-op, {store_name})"
+    list_name = "switchback admin list (limit=1)"
+    via_gw_name = "  through an apigw: scenario"
+    via_list_name = "  through an apigw: admin list (limit=1)"
     with tempfile.TemporaryDirectory(prefix="sb-bench-") as tmp:
         root = Path(tmp)
         app = root / "app"
@@ -275,34 +310,54 @@ def main() -> None:
         (app / "scenarios" / "bench.yaml").write_text(SCENARIO)
         (app / "benchblocks.py").write_text(BLOCKS)
 
-        c_port, g_port = free_port(), free_port()
+        c_port, g_port, a_port = free_port(), free_port(), free_port()
         ceiling = mp.Process(target=run_ceiling, args=(c_port,), daemon=True)
         schema = f"bench_gw_{os.getpid()}"
         store = (
             ["--db", f"{args.pg}?schema={schema}"] if args.pg else ["--data", str(root / "data")]
         )
-        cmd = [str(VENV_BIN / "switchback"), "serve", str(app), "--port", str(g_port), *store]
-        if not args.access_log:
-            cmd.append("--no-access-log")
+        serve = [str(VENV_BIN / "switchback"), "serve", str(app)]
+        quiet = [] if args.access_log else ["--no-access-log"]
+        env = {**os.environ, "SWITCHBACK_ADMIN_TOKENS": f"bench={TOKEN}"}
         log = (root / "serve.log").open("wb")
-        gw: subprocess.Popen[bytes] | None = None
+        servers: list[subprocess.Popen[bytes]] = []
+        targets = [
+            (ceiling_name, c_port, SCENARIO_CALL),
+            (gw_name, g_port, SCENARIO_CALL),
+            (list_name, g_port, LIST_CALL),
+        ]
+        if not args.no_apigw:
+            targets += [(via_gw_name, a_port, SCENARIO_CALL), (via_list_name, a_port, LIST_CALL)]
+        rounds: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in targets}
         try:
             ceiling.start()
-            gw = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+            gw = subprocess.Popen(
+                [*serve, "--port", str(g_port), *store, *quiet],
+                stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env,
+            )  # fmt: skip
+            servers.append(gw)
             wait_ready(c_port, "/bench", ceiling)
             wait_ready(g_port, "/readyz", gw)
-            # Alternate the two, so that load from anything else on the machine hits both alike;
-            # the median round is reported. Only the measured server gets requests at a time.
+            if not args.no_apigw:
+                apigw = subprocess.Popen(
+                    [*serve, "--port", str(a_port), "--role", "apigw",
+                     "--scenario-url", f"http://127.0.0.1:{g_port}", *quiet],
+                    stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env,
+                )  # fmt: skip
+                servers.append(apigw)
+                wait_ready(a_port, "/readyz", apigw)
+            # Alternate them all, so that load from anything else on the machine hits each
+            # alike; the median round is reported. One measurement at a time.
             for n in range(args.rounds):
-                for name, port in ((ceiling_name, c_port), (gw_name, g_port)):
-                    r = run(port, args.seconds, args.warmup, args.connections)
+                for name, port, call in targets:
+                    r = run(port, call, args.seconds, args.warmup, args.connections)
                     rounds[name].append(r)
                     print(f"round {n + 1}: ", end="")
                     show(name, r)
         finally:
-            if gw is not None:
-                gw.send_signal(signal.SIGTERM)
-                gw.wait(30)
+            for proc in reversed(servers):
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(30)
             log.close()
             if ceiling.pid:
                 os.kill(ceiling.pid, signal.SIGTERM)
@@ -324,6 +379,15 @@ def main() -> None:
         show(name, med[name])
     ratio = med[gw_name]["rps"] / med[ceiling_name]["rps"]
     print(f"\nratio: {ratio:.2f} of the ceiling's req/s (target ≥ 0.30)")
+    print(
+        f"admin list ÷ scenario call, req/s: {med[list_name]['rps'] / med[gw_name]['rps']:.2f} "
+        "direct"
+        + (
+            f", {med[via_list_name]['rps'] / med[via_gw_name]['rps']:.2f} through the apigw"
+            if not args.no_apigw
+            else ""
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -165,7 +165,7 @@ async def test_rollforward_from_earlier_block(engine_factory: Any) -> None:
     ledger.fail[("do", "b2")] = 1
     engine = await engine_factory(linear(ledger))
     tx = await engine.run("s", {"name": "a"})
-    with pytest.raises(DecisionRefused, match="unknown block"):
+    with pytest.raises(RequestInvalid, match="unknown block"):
         await engine.rollforward(tx.xid, actor="a", from_block="nope")
     tx = await engine.rollforward(tx.xid, actor="a", from_block="b1")
     assert tx.status == "completed"
@@ -367,6 +367,23 @@ async def test_idempotency_key(engine_factory: Any) -> None:
     assert len(ledger.phases(a.xid)) == 3  # ran once
     with pytest.raises(IdempotencyConflict):
         await engine.start("s", {"name": "other"}, idempotency_key="k1")
+
+
+async def test_idempotency_key_is_the_callers_and_names_one_scenario(engine_factory: Any) -> None:
+    """The same key and body sent to another scenario is a conflict that says so — never the
+    first scenario's transaction; another caller's same key is another call."""
+    ledger = Ledger()
+    engine = await engine_factory(linear(ledger, name="s1"), linear(ledger, name="s2"))
+    a = await engine.run("s1", {"name": "a"}, idempotency_key="k1", actor="alice")
+    with pytest.raises(IdempotencyConflict, match="scenario 's1'") as info:
+        await engine.start("s2", {"name": "a"}, idempotency_key="k1", actor="alice")
+    assert (info.value.xid, info.value.scenario) == (a.xid, "s1")
+    bob = await engine.run("s2", {"name": "a"}, idempotency_key="k1", actor="bob")
+    assert bob.xid != a.xid and bob.scenario == "s2" and bob.status == "completed"
+    again = await engine.run("s2", {"name": "a"}, idempotency_key="k1", actor="bob")
+    assert again.xid == bob.xid
+    page, _ = await engine.list()
+    assert sorted(t.xid for t in page) == sorted([a.xid, bob.xid])
 
 
 async def test_plan_is_a_dry_run(engine_factory: Any) -> None:

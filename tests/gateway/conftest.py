@@ -57,7 +57,7 @@ class Server:
         headers = {**auth(), **kw.pop("headers", {})}
         return self.client.request(method, path, headers=headers, **kw)
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def wait_ready(self, timeout: float = 30.0, path: str = "/readyz") -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -65,7 +65,7 @@ class Server:
                     f"server exited ({self.proc.returncode}):\n{self.log.read_text()}"
                 )
             try:
-                if self.client.get("/readyz", timeout=1.0).status_code == 200:
+                if self.client.get(path, timeout=1.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -98,6 +98,7 @@ def start_server(
     args: list[str] | None = None,
     env: dict[str, str] | None = None,
     name: str | None = None,
+    ready_path: str = "/readyz",
 ) -> Server:
     port = free_port()
     data = data or tmp / "data"
@@ -117,7 +118,7 @@ def start_server(
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=tmp)
     server = Server(proc, f"http://127.0.0.1:{port}", log, flags, data)
     try:
-        server.wait_ready()
+        server.wait_ready(path=ready_path)
     except BaseException:
         server.stop()
         raise

@@ -80,6 +80,21 @@ def test_idempotency_key_same_body_same_transaction(server: Server) -> None:
     assert other.json()["detail"]["xid"] == first.json()["xid"]
 
 
+def test_idempotency_key_names_one_scenario_of_one_caller(server: Server) -> None:
+    key = {"Idempotency-Key": f"job-{time.time_ns()}"}
+    first = server.client.post("/jobs", json={"n": 7}, headers=key)
+    assert first.status_code == 202, first.text
+    # The same key and body to another scenario: a 422 that says so, not the job's transaction.
+    other = server.client.post("/deadline", json={"n": 7}, headers=key)
+    assert other.status_code == 422, other.text
+    assert other.json()["error"] == "idempotency key reused with another scenario"
+    assert other.json()["detail"]["scenario"] == "job"
+    # Another caller's same key is another call.
+    mine = server.client.post("/jobs", json={"n": 7}, headers={**key, **auth("bob")})
+    assert mine.status_code == 202, mine.text
+    assert mine.json()["xid"] != first.json()["xid"]
+
+
 def test_admin_api_needs_a_token(server: Server) -> None:
     r = server.client.get("/transactions")
     assert r.status_code == 401

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 from switchback.store import open_store
 from switchback.store.records import TxRecord
+from tests.eventually import eventually
 from tests.gateway.conftest import Server, auth, start_server
 
 ORDER = {"item": "gear", "qty": 2}
@@ -72,6 +72,42 @@ def test_three_roles_run_a_scenario_and_a_decision_end_to_end(
     assert cluster["transaction"].client.get("/readyz").json()["role"] == "transaction"
 
 
+def test_the_apigw_relays_paths_queries_and_headers_as_sent(cluster: dict[str, Server]) -> None:
+    gw = cluster["apigw"]
+    # A path parameter sent percent-encoded arrives decoded once, as sent directly.
+    put = gw.client.put("/devices/sw%2D1", json={"port": 22})
+    assert put.status_code == 200, put.text
+    assert put.json()["result"]["request"] == {"name": "sw-1", "port": 22}
+    xid = put.json()["xid"]
+    page = gw.admin("GET", "/transactions", params={"limit": 1, "scenario": "device_put"})
+    assert [t["xid"] for t in page.json()["transactions"]] == [xid]
+    detail = gw.admin("GET", f"/transactions/{xid}", params={"traceback": "true"})
+    assert detail.status_code == 200 and detail.json()["xid"] == xid
+    asynchronous = gw.client.post("/orders", json=ORDER, headers={"Prefer": "respond-async"})
+    assert asynchronous.status_code == 202
+    assert asynchronous.headers["location"].startswith("/transactions/")
+    denied = gw.client.get("/transactions/x", headers={"Authorization": "Bearer nope"})
+    assert denied.status_code == 401 and "invalid_token" in denied.headers["www-authenticate"]
+
+
+def test_an_unreachable_scenario_role_is_a_502_and_not_ready(tmp_path: Path) -> None:
+    from tests.gateway.conftest import free_port
+
+    gw = start_server(
+        tmp_path,
+        role="apigw",
+        args=["--scenario-url", f"http://127.0.0.1:{free_port()}"],
+        ready_path="/healthz",
+    )
+    try:
+        r = gw.client.post("/orders", json=ORDER)
+        assert r.status_code == 502, r.text
+        assert r.json()["error"] == "the scenario role is unreachable"
+        assert gw.client.get("/readyz").status_code == 503
+    finally:
+        gw.stop()
+
+
 def test_transaction_role_takes_over_after_the_scenario_role_dies(
     cluster: dict[str, Server],
 ) -> None:
@@ -80,20 +116,21 @@ def test_transaction_role_takes_over_after_the_scenario_role_dies(
     assert r.status_code == 202, r.text
     xid = r.json()["xid"]
     started = scenario.flags / "started"
-    deadline = time.monotonic() + 10
-    while not started.exists() and time.monotonic() < deadline:
-        time.sleep(0.02)  # polling for the block to start, not a synchronisation sleep
-    assert started.read_text() == xid
+    # The block writes its xid into the file; it can be seen empty before the write lands.
+    eventually(
+        lambda: started.exists() and started.read_text() == xid,
+        timeout=10,
+        what="the slow block to start",
+    )
     scenario.kill9()  # the non-idempotent block is now in doubt
 
     # The transaction role notices the dead owner and parks the transaction as interrupted.
     # Nothing else runs an engine now, so read the shared store directly.
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    def parked() -> TxRecord | None:
         tx = asyncio.run(load(scenario.data, xid))
-        if tx.status == "suspended":
-            break
-        time.sleep(0.05)
+        return tx if tx.status == "suspended" else None
+
+    tx = eventually(parked, timeout=15, what="the transaction role parks it")
     assert tx.status == "suspended"
     assert tx.reason == "interrupted"
     assert tx.blocks[0].status == "failed"

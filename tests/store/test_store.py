@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,6 +70,77 @@ async def test_claim_refuses_a_live_lease(store_factory: Callable[[], Store]) ->
         await store.close()
 
 
+async def test_a_claim_is_exclusive_even_for_its_owner(store_factory: Callable[[], Store]) -> None:
+    """Two decisions of one process must not both hold a transaction: a claim never hands it
+    to whoever holds it, its own owner included (until the lease runs out)."""
+    store = store_factory()
+    await store.open()
+    try:
+        tx = new_tx()
+        tx.owner = tx.lease_until = None
+        await store.create(tx, tx.blocks)
+        now = time.time()
+        first = await store.claim("x1", "me", 10, now)
+        assert first is not None and first.owner == "me"
+        assert await store.claim("x1", "me", 10, now) is None
+        again = await store.claim("x1", "me", 10, now + 11)  # the lease ran out
+        assert again is not None and again.fence == first.fence + 1
+    finally:
+        await store.close()
+
+
+async def test_add_signal_applies_only_where_it_can_be_consumed(
+    store_factory: Callable[[], Store],
+) -> None:
+    import asyncio
+
+    from switchback.store import SignalRefused
+
+    stores = [store_factory() for _ in range(3)]
+    for s in stores:
+        await s.open()
+    store = stores[0]
+    try:
+        tx = new_tx()
+        tx.status, tx.cursor = "waiting", 1
+        await store.create(tx, tx.blocks)
+        now = time.time()
+
+        def add(s: Store, name: str = "go", **kw: Any) -> Any:
+            sig = SignalRecord(xid="x1", name=name, payload=None, at=now, actor="me")
+            return s.add_signal(sig, AuditRecord("x1", now, "me", "signal"), **kw)
+
+        with pytest.raises(SignalRefused) as info:
+            await add(store, statuses=["running"])
+        assert (info.value.status, info.value.pending) == ("waiting", None)
+        with pytest.raises(SignalRefused):
+            await add(store, statuses=["waiting"], max_cursor=0)  # past the last wait for it
+        with pytest.raises(SignalRefused) as info:
+            await store.add_signal(
+                SignalRecord(xid="nope", name="go", payload=None, at=now, actor="me"),
+                AuditRecord("nope", now, "me", "signal"),
+            )
+        assert info.value.status is None  # no such transaction
+        # Concurrent adds of one name from three "processes": exactly one is stored.
+        got = await asyncio.gather(
+            *(add(s, statuses=["waiting"], max_cursor=1) for s in stores for _ in range(3)),
+            return_exceptions=True,
+        )
+        stored = [g for g in got if isinstance(g, int)]
+        refused = [g for g in got if isinstance(g, SignalRefused)]
+        assert len(stored) == 1 and len(refused) == 8
+        assert all(r.pending is not None and r.pending.id == stored[0] for r in refused)
+        await add(store, name="other")  # another name is independent
+        loaded = await store.load("x1")
+        assert loaded is not None
+        assert [a.action for a in loaded.audit] == ["signal", "signal"]  # nothing refused landed
+        await store.write(loaded, consume_signal=stored[0])
+        await add(store, statuses=["waiting"])  # consumed: the name is free again
+    finally:
+        for s in stores:
+            await s.close()
+
+
 def test_owner_is_dead_detects_killed_processes() -> None:
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     owner = f"{os.uname().nodename}:{proc.pid}:x"
@@ -83,9 +155,9 @@ async def test_idempotency_key_is_unique(store_factory: Callable[[], Store]) -> 
     store = store_factory()
     await store.open()
     try:
-        a = new_tx("a", idempotency_key="k")
+        a = new_tx("a", idempotency_key="k", idempotency_scope="me")
         await store.create(a, a.blocks)
-        b = new_tx("b", idempotency_key="k")
+        b = new_tx("b", idempotency_key="k", idempotency_scope="me")
         with pytest.raises(DuplicateIdempotencyKey) as info:
             await store.create(b, b.blocks)
         assert info.value.existing.xid == "a"
@@ -233,8 +305,8 @@ async def test_concurrent_claims_exactly_one_wins(store_factory: Callable[[], St
         got = await asyncio.gather(
             *(s.claim("x1", f"w{i}", 10, now) for i, s in enumerate(stores) for _ in range(3))
         )
-        winners = {t.owner for t in got if t is not None}
-        assert len(winners) == 1
+        winners = [t.owner for t in got if t is not None]
+        assert len(winners) == 1  # one claim, not one owner claiming it thrice
         stored = await stores[0].load("x1")
         assert stored is not None and stored.owner in winners
     finally:
@@ -266,6 +338,74 @@ async def test_concurrent_creates_on_one_lock_key(store_factory: Callable[[], St
     finally:
         for s in stores:
             await s.close()
+
+
+def _make_v2_store(kind: str, tmp_path: Path) -> None:
+    """A store as switchback with schema version 2 left it: one transaction started with an
+    idempotency key by alice (global keys then)."""
+    from switchback.store import postgres, sqlite
+
+    rows = [
+        "INSERT INTO transactions (xid, seq, scenario, status, request, created_at, updated_at, "
+        "idempotency_key, request_hash) VALUES ('old1', 1, 's', 'completed', '{}', 1, 1, 'k', 'h')",
+        "INSERT INTO blocks (xid, idx, name, status) VALUES ('old1', 0, 'b0', 'done')",
+        "INSERT INTO audit (xid, at, actor, action) VALUES ('old1', 1, 'alice', 'start')",
+    ]
+    if kind == "sqlite":
+        (tmp_path / "data").mkdir()
+        db = sqlite3.connect(tmp_path / "data" / "switchback.db", isolation_level=None)
+        for migration in sqlite.MIGRATIONS[:2]:
+            db.executescript(migration)
+        db.execute("PRAGMA user_version=2")
+        for sql in rows:
+            db.execute(sql)
+        db.close()
+        return
+    import psycopg
+
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        schema = pg_schema(tmp_path)
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+        conn.execute(f'SET search_path TO "{schema}"')
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (2)")
+        for migration in postgres.MIGRATIONS[:2]:
+            for stmt in migration.split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)  # type: ignore[arg-type]
+        conn.execute(rows[0].replace("(xid, seq, ", "(xid, ").replace("'old1', 1, ", "'old1', "))
+        for sql in rows[1:]:
+            conn.execute(sql)  # type: ignore[arg-type]
+
+
+async def test_migration_scopes_existing_idempotency_keys(
+    store_kind: str, store_factory: Callable[[], Store], tmp_path: Path
+) -> None:
+    """Version 3: keys are unique per caller. A database of version 2 migrates in place, each
+    key getting the actor who started its transaction."""
+    _make_v2_store(store_kind, tmp_path)
+    store = store_factory()
+    await store.open()
+    try:
+        old = await store.load("old1")
+        assert old is not None and old.status == "completed" and len(old.blocks) == 1
+        assert (old.idempotency_key, old.idempotency_scope) == ("k", "alice")
+        found = await store.find_by_idempotency_key("alice", "k")
+        assert found is not None and found.xid == "old1"
+        assert await store.find_by_idempotency_key("bob", "k") is None
+        bobs = new_tx("new1", idempotency_key="k", idempotency_scope="bob")
+        await store.create(bobs, bobs.blocks)  # the same key, another caller
+        again = new_tx("new2", idempotency_key="k", idempotency_scope="alice")
+        with pytest.raises(DuplicateIdempotencyKey) as info:
+            await store.create(again, again.blocks)
+        assert info.value.existing.xid == "old1"
+    finally:
+        await store.close()
+    if store_kind == "sqlite":
+        db = sqlite3.connect(tmp_path / "data" / "switchback.db")
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+        assert db.execute("PRAGMA foreign_key_check").fetchall() == []
+        db.close()
 
 
 async def test_postgres_schema_is_versioned_and_refuses_a_newer_one(tmp_path: Path) -> None:

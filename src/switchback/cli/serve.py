@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 
 from switchback.cli.common import DbOpt, err, fail, load_app_or_fail, store_location
+from switchback.gateway.config import DEFAULT_MAX_HEAD_BYTES, DEFAULT_MAX_HEADERS
 
 
 def serve(
@@ -43,6 +44,15 @@ def serve(
     max_body: int | None = typer.Option(
         None, "--max-body", min=1, help="Request body limit in bytes [default: 1 MiB]"
     ),
+    max_header_bytes: int = typer.Option(
+        DEFAULT_MAX_HEAD_BYTES,
+        "--max-header-bytes",
+        min=1024,
+        help="Request line + headers limit in bytes; larger heads get 431",
+    ),
+    max_headers: int = typer.Option(
+        DEFAULT_MAX_HEADERS, "--max-headers", min=1, help="More request headers get 431"
+    ),
     limit_concurrency: int = typer.Option(
         1000, "--limit-concurrency", min=1, help="Connections + tasks before answering 503"
     ),
@@ -69,6 +79,7 @@ def serve(
         read_config_file,
     )
     from switchback.gateway.logs import log_config
+    from switchback.gateway.protocol import bounded_protocol
 
     try:
         file_data = read_config_file(config_file) if config_file else {}
@@ -99,6 +110,8 @@ def serve(
             asgi,
             host=host,
             port=port,
+            # httptools, with the request head bounded (uvicorn bounds it only for h11).
+            http=bounded_protocol(max_header_bytes, max_headers),
             log_config=None,  # already configured: JSON lines
             access_log=False,  # ours is switchback.access, with route and xid
             limit_concurrency=limit_concurrency,

@@ -1,5 +1,6 @@
 """The transaction state machine, executor, decisions, ownership and recovery."""
 
+from switchback.engine import inputs
 from switchback.engine.context import BlockContext
 from switchback.engine.engine import Engine, EngineObserver, lock_keys, request_fingerprint
 from switchback.engine.errors import (
@@ -9,6 +10,7 @@ from switchback.engine.errors import (
     IdempotencyConflict,
     LockTimeout,
     RequestInvalid,
+    TextInvalid,
     UnknownScenario,
     UnknownTransaction,
 )
@@ -23,8 +25,10 @@ __all__ = [
     "IdempotencyConflict",
     "LockTimeout",
     "RequestInvalid",
+    "TextInvalid",
     "UnknownScenario",
     "UnknownTransaction",
+    "inputs",
     "lock_keys",
     "request_fingerprint",
 ]

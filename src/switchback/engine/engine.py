@@ -19,23 +19,33 @@ import random
 import string
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from switchback.engine import decisions, inputs
 from switchback.engine.context import BlockContext
 from switchback.engine.errors import (
     Busy,
     DecisionRefused,
+    EngineError,
     IdempotencyConflict,
     LimitReached,
     LockTimeout,
     RequestInvalid,
+    TextInvalid,
     UnknownScenario,
     UnknownTransaction,
     error_info,
 )
 from switchback.model import App, Block, Scenario
-from switchback.store import DuplicateIdempotencyKey, FencedOut, LockHeld, Store, new_owner_id
+from switchback.store import (
+    DuplicateIdempotencyKey,
+    FencedOut,
+    LockHeld,
+    SignalRefused,
+    Store,
+    new_owner_id,
+)
 from switchback.store.records import (
     ACTIVE,
     B_RUNNING,
@@ -57,6 +67,7 @@ from switchback.store.records import (
     LockRecord,
     SignalRecord,
     TxRecord,
+    to_json,
 )
 
 log = logging.getLogger("switchback.engine")
@@ -83,6 +94,20 @@ def _lease_from_env() -> float:
     if not value > 0:
         raise ValueError(f"SWITCHBACK_LEASE_SECONDS must be a number of seconds > 0, not {text!r}")
     return value
+
+
+def accept(*problems: list[dict[str, str]]) -> None:
+    """Refuse (TextInvalid, HTTP 422) input the platform does not accept (engine/inputs.py)."""
+    found = [p for group in problems for p in group]
+    if found:
+        raise TextInvalid(found)
+
+
+def _json_or_none(tx: TxRecord) -> str | None:
+    try:
+        return tx.request_json()
+    except ValueError:  # a non-finite number: json_problems locates it
+        return None
 
 
 class TransactionTimeout(Exception):
@@ -160,6 +185,8 @@ class Engine:
         self._pauses: dict[str, int] = {}
         # Transactions whose driver failed and could not hand them back yet: xid -> fence.
         self._to_release: dict[str, int] = {}
+        # Transactions a decision here has claimed (or is claiming) and not yet handed on.
+        self._deciding: set[str] = set()
         self._background: set[asyncio.Future[TxRecord]] = set()  # referenced until done
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -225,6 +252,7 @@ class Engine:
             raise UnknownScenario(str(exc.args[0])) from None
 
     async def get(self, xid: str) -> TxRecord:
+        accept(inputs.field_problems(xid=xid))
         tx = await self.store.load(xid)
         if tx is None:
             raise UnknownTransaction(xid)
@@ -237,6 +265,7 @@ class Engine:
         limit: int = 50,
         cursor: str | None = None,
     ) -> tuple[list[TxRecord], str | None]:
+        accept(inputs.field_problems(status=status, scenario=scenario, cursor=cursor))
         return await self.store.list(status=status, scenario=scenario, limit=limit, cursor=cursor)
 
     async def locks(self) -> list[LockRecord]:
@@ -296,11 +325,6 @@ class Engine:
         if violations:
             raise RequestInvalid(violations)
         keys = lock_keys(sc, request)
-        fingerprint = request_fingerprint(request) if idempotency_key else None
-        if idempotency_key:
-            existing = await self.store.find_by_idempotency_key(idempotency_key)
-            if existing:
-                return self._same_request(existing, idempotency_key, fingerprint)
         now = self.clock()
         xid = f"{int(now * 1000) & 0xFFFF_FFFF_FFFF:012x}{_XID_RANDOM.getrandbits(80):020x}"
         tx = TxRecord(
@@ -312,11 +336,28 @@ class Engine:
             updated_at=now,
             deadline=now + sc.transaction.timeout if sc.transaction.timeout else None,
             idempotency_key=idempotency_key,
-            request_hash=fingerprint,
+            idempotency_scope=actor if idempotency_key else None,
             owner=self.owner,
             lease_until=now + self.lease_seconds,
             fence=1,
         )
+        # The request's JSON is made here once (the store writes the same text): checking it
+        # costs a regex search unless it holds a suspect escape.
+        accept(
+            inputs.json_problems(request, _json_or_none(tx)),
+            inputs.field_problems(idempotency_key=idempotency_key, actor=actor),
+        )
+        if idempotency_key:
+            tx.request_hash = fingerprint = request_fingerprint(request)
+            # A key is the caller's own: another caller's same key is another call.
+            existing = await self.store.find_by_idempotency_key(actor, idempotency_key)
+            if existing:
+                return self._same_request(existing, idempotency_key, sc.name, fingerprint)
+            now = self.clock()
+            tx.created_at = tx.updated_at = now
+            tx.lease_until = now + self.lease_seconds
+            tx.deadline = now + sc.transaction.timeout if sc.transaction.timeout else None
+        fingerprint = tx.request_hash
         tx.blocks = [BlockRecord(xid=xid, index=i, name=b.name) for i, b in enumerate(sc.blocks)]
         first = tx.blocks[0]
         first.status, first.attempts, first.started_at = B_RUNNING, 1, now
@@ -328,7 +369,7 @@ class Engine:
                 await self.store.create(tx, tx.blocks, audit, locks=keys)
                 break
             except DuplicateIdempotencyKey as dup:
-                return self._same_request(dup.existing, idempotency_key or "", fingerprint)
+                return self._same_request(dup.existing, idempotency_key or "", sc.name, fingerprint)
             except LockHeld as held:
                 # All keys are taken in one commit or none, so waiting here cannot deadlock.
                 left = waited_until - time.monotonic()
@@ -347,7 +388,13 @@ class Engine:
         return tx
 
     @staticmethod
-    def _same_request(existing: TxRecord, key: str, fingerprint: str | None) -> TxRecord:
+    def _same_request(
+        existing: TxRecord, key: str, scenario: str, fingerprint: str | None
+    ) -> TxRecord:
+        """The transaction a key names, if this call is the one it was made for: the same
+        scenario and the same request; anything else is a conflict, never its result."""
+        if existing.scenario != scenario:
+            raise IdempotencyConflict(key, existing.xid, scenario=existing.scenario)
         if existing.request_hash != fingerprint:
             raise IdempotencyConflict(key, existing.xid)
         return existing
@@ -358,6 +405,8 @@ class Engine:
         return await self.wait(tx.xid)
 
     # -- decisions -------------------------------------------------------------------------------
+    # Each decision owns the transaction while it decides (see _claimed): of concurrent
+    # decisions, in this process or in others, exactly one gets it; the others are refused.
 
     async def rollforward(
         self,
@@ -371,14 +420,12 @@ class Engine:
     ) -> TxRecord:
         """Run a suspended transaction again from its failed block (or ``from_block``, an earlier
         one), optionally with a corrected request that is validated again."""
-        tx = await self._claim(xid)
-        try:
-            if tx.status != SUSPENDED:
-                raise DecisionRefused(
-                    xid,
-                    f"rollforward applies to a suspended transaction; {xid} is {tx.status}",
-                    tx.status,
-                )
+        accept(
+            inputs.field_problems(xid=xid, actor=actor, reason=reason, **{"from": from_block}),
+            inputs.json_problems(request, at="/request") if request is not None else [],
+        )
+        async with self._claimed(xid) as tx:
+            decisions.ROLLFORWARD.check(tx)
             sc = self.scenario(tx.scenario)
             start = tx.cursor
             if from_block is not None:
@@ -386,8 +433,13 @@ class Engine:
                     start = sc.block_index(from_block)
                 except KeyError:
                     names = ", ".join(b.name for b in sc.blocks)
-                    raise DecisionRefused(
-                        xid, f"unknown block {from_block!r} (blocks: {names})", tx.status
+                    raise RequestInvalid(
+                        [
+                            {
+                                "path": "/from",
+                                "message": f"unknown block {from_block!r} (blocks: {names})",
+                            }
+                        ]
                     ) from None
                 if start > tx.cursor:
                     raise DecisionRefused(
@@ -401,89 +453,91 @@ class Engine:
                 if violations:
                     raise RequestInvalid(violations)
                 new_keys = lock_keys(sc, request)
-        except BaseException:
-            await self._release(tx)
-            raise
-        now = self.clock()
-        changed = []
-        for b in tx.blocks[start : tx.cursor + 1]:
-            b.status, b.ended_at = PENDING, None
-            changed.append(b)
-        first = tx.blocks[start]
-        first.status, first.started_at, first.error = B_RUNNING, now, None
-        first.attempts += 1
-        if request is not None:
-            tx.request = request
-        tx.cursor, tx.status, tx.reason, tx.error = start, RUNNING, None, None
-        # A person decided just now: the transaction gets its full time budget again.
-        timeout = sc.transaction.timeout
-        tx.deadline = now + timeout if timeout else None
-        tx.updated_at = now
-        audit = AuditRecord(
-            xid=xid, at=now, actor=actor, action="rollforward", reason=reason,
-            input={"from": sc.blocks[start].name, "request": request},
-        )  # fmt: skip
-        try:
-            await self._write(tx, changed, audit, locks=new_keys)
-        except LockHeld as held:
-            fresh = await self.get(xid)
-            await self._release(fresh)
-            raise DecisionRefused(xid, f"the corrected request needs {held}", SUSPENDED) from None
-        return await self._continue(tx, wait)
+            stale_pause = await self.store.pending_signal(xid, PAUSE_SIGNAL)
+            now = self.clock()
+            changed = []
+            for b in tx.blocks[start : tx.cursor + 1]:
+                b.status, b.ended_at = PENDING, None
+                changed.append(b)
+            first = tx.blocks[start]
+            first.status, first.started_at, first.error = B_RUNNING, now, None
+            first.attempts += 1
+            if request is not None:
+                tx.request = request
+            tx.cursor, tx.status, tx.reason, tx.error = start, RUNNING, None, None
+            # A person decided just now: the transaction gets its full time budget again.
+            timeout = sc.transaction.timeout
+            tx.deadline = now + timeout if timeout else None
+            tx.updated_at = now
+            audit = AuditRecord(
+                xid=xid, at=now, actor=actor, action="rollforward", reason=reason,
+                input={"from": sc.blocks[start].name, "request": request},
+            )  # fmt: skip
+            try:
+                await self._write(
+                    tx,
+                    changed,
+                    audit,
+                    locks=new_keys,
+                    consume_signal=stale_pause.id if stale_pause else None,
+                )
+            except LockHeld as held:
+                raise DecisionRefused(
+                    xid, f"the corrected request needs {held}", SUSPENDED
+                ) from None
+            self._spawn(tx)
+        return await self._settle(tx, wait)
 
     async def rollback(
         self, xid: str, *, actor: str, reason: str | None = None, wait: bool = True
     ) -> TxRecord:
         """UNDO every block whose DO ran, newest first. Also retries a failed rollback."""
-        tx = await self._claim(xid)
-        if tx.status not in (SUSPENDED, WAITING, ROLLBACK_FAILED):
-            await self._release(tx)
-            raise DecisionRefused(
-                xid,
-                f"rollback applies to a suspended, waiting or rollback_failed transaction; {xid} is {tx.status}",
-                tx.status,
+        accept(inputs.field_problems(xid=xid, actor=actor, reason=reason))
+        async with self._claimed(xid) as tx:
+            decisions.ROLLBACK.check(tx)
+            stale_pause = await self.store.pending_signal(xid, PAUSE_SIGNAL)
+            now = self.clock()
+            changed = []
+            if tx.status == WAITING:
+                b = tx.blocks[tx.cursor]
+                b.status, b.note, b.ended_at = PENDING, "wait cancelled by rollback", now
+                changed.append(b)
+            action = "retry_rollback" if tx.status == ROLLBACK_FAILED else "rollback"
+            tx.status, tx.updated_at = ROLLING_BACK, now
+            audit = AuditRecord(xid=xid, at=now, actor=actor, action=action, reason=reason)
+            await self._write(
+                tx, changed, audit, consume_signal=stale_pause.id if stale_pause else None
             )
-        now = self.clock()
-        changed = []
-        if tx.status == WAITING:
-            b = tx.blocks[tx.cursor]
-            b.status, b.note, b.ended_at = PENDING, "wait cancelled by rollback", now
-            changed.append(b)
-        action = "retry_rollback" if tx.status == ROLLBACK_FAILED else "rollback"
-        tx.status, tx.updated_at = ROLLING_BACK, now
-        audit = AuditRecord(xid=xid, at=now, actor=actor, action=action, reason=reason)
-        await self._write(tx, changed, audit)
-        return await self._continue(tx, wait)
+            self._spawn(tx)
+        return await self._settle(tx, wait)
 
     async def mark_compensated(
         self, xid: str, *, actor: str, reason: str, wait: bool = True
     ) -> TxRecord:
         """Declare the failed UNDO done by hand; the rollback then goes on with older blocks."""
+        accept(inputs.field_problems(xid=xid, actor=actor, reason=reason))
         if not reason or not reason.strip():
             raise DecisionRefused(xid, "marking a block compensated needs a reason")
-        tx = await self._claim(xid)
-        failed = next((b for b in reversed(tx.blocks) if b.status == UNDO_FAILED), None)
-        if tx.status != ROLLBACK_FAILED or failed is None:
-            await self._release(tx)
-            raise DecisionRefused(
-                xid,
-                f"mark compensated applies to a rollback_failed transaction; {xid} is {tx.status}",
-                tx.status,
+        async with self._claimed(xid) as tx:
+            decisions.COMPENSATED.check(tx)
+            failed = next((b for b in reversed(tx.blocks) if b.status == UNDO_FAILED), None)
+            if failed is None:
+                raise DecisionRefused(xid, f"{xid} has no failed UNDO to mark", tx.status)
+            now = self.clock()
+            failed.status, failed.ended_at = UNDONE, now
+            failed.note = f"compensated by {actor}: {reason}"
+            tx.status, tx.updated_at, tx.error = ROLLING_BACK, now, None
+            audit = AuditRecord(
+                xid=xid,
+                at=now,
+                actor=actor,
+                action="compensated",
+                reason=reason,
+                input={"block": failed.name},
             )
-        now = self.clock()
-        failed.status, failed.ended_at = UNDONE, now
-        failed.note = f"compensated by {actor}: {reason}"
-        tx.status, tx.updated_at, tx.error = ROLLING_BACK, now, None
-        audit = AuditRecord(
-            xid=xid,
-            at=now,
-            actor=actor,
-            action="compensated",
-            reason=reason,
-            input={"block": failed.name},
-        )
-        await self._write(tx, [failed], audit)
-        return await self._continue(tx, wait)
+            await self._write(tx, [failed], audit)
+            self._spawn(tx)
+        return await self._settle(tx, wait)
 
     async def signal(
         self,
@@ -495,38 +549,77 @@ class Engine:
         reason: str | None = None,
         wait: bool = True,
     ) -> TxRecord:
-        """Deliver a durable signal; a transaction waiting for it resumes."""
+        """Deliver a durable signal; a transaction waiting for it resumes. One signal of a name
+        is pending at a time, and only while a wait block for it may still run."""
+        accept(
+            inputs.field_problems(xid=xid, name=name, actor=actor, reason=reason),
+            inputs.json_problems(payload, at="/payload"),
+        )
         tx = await self.get(xid)
         sc = self.scenario(tx.scenario)
-        if not any(b.wait == name for b in sc.blocks):
+        window = decisions.signal_window(sc, name)
+        if window is None:
             raise DecisionRefused(
                 xid, f"scenario {sc.name!r} has no wait block for signal {name!r}", tx.status
             )
-        if tx.status in (COMPLETED, ROLLED_BACK, ROLLING_BACK, ROLLBACK_FAILED):
-            raise DecisionRefused(
-                xid, f"signal {name!r} no longer applies: {xid} is {tx.status}", tx.status
-            )
         now = self.clock()
-        await self.store.add_signal(
-            SignalRecord(xid=xid, name=name, payload=payload, at=now, actor=actor),
-            AuditRecord(
-                xid=xid,
-                at=now,
-                actor=actor,
-                action="signal",
-                reason=reason,
-                input={"signal": name, "payload": payload},
-            ),
-        )
-        if tx.status == WAITING and sc.blocks[tx.cursor].wait == name:
-            with contextlib.suppress(Busy):
-                tx = await self._claim(xid)
-                if tx.status == WAITING:
-                    tx.status = RUNNING
-                    await self._write(tx)
-                    return await self._continue(tx, wait)
-                await self._release(tx)
+        try:
+            await self.store.add_signal(
+                SignalRecord(xid=xid, name=name, payload=payload, at=now, actor=actor),
+                AuditRecord(
+                    xid=xid,
+                    at=now,
+                    actor=actor,
+                    action="signal",
+                    reason=reason,
+                    input={"signal": name, "payload": payload},
+                ),
+                statuses=decisions.SIGNAL.applies_to,
+                max_cursor=window,
+            )
+        except SignalRefused as refused:
+            raise self._signal_refused(refused, decisions.SIGNAL, f"signal {name!r}") from None
+        resumed = await self._resume_waiting(xid, name)
+        if resumed is not None:
+            return await self._settle(resumed, wait)
         return await self.get(xid)
+
+    async def _resume_waiting(self, xid: str, name: str) -> TxRecord | None:
+        """After a signal is stored: resume the transaction if it waits for that signal and
+        nobody else holds it (another process that does, or a recovery sweep, resumes it)."""
+        try:
+            async with self._claimed(xid) as tx:
+                sc = self.scenario(tx.scenario)
+                if tx.status != WAITING or sc.blocks[tx.cursor].wait != name:
+                    await self._release(tx)
+                    return None
+                tx.status = RUNNING
+                await self._write(tx)
+                self._spawn(tx)
+                return tx
+        except Busy:
+            return None
+
+    @staticmethod
+    def _signal_refused(
+        refused: SignalRefused, decision: decisions.Decision, what: str
+    ) -> EngineError:
+        """Why ``add_signal`` stored nothing, as the decision's refusal."""
+        xid, status = refused.xid, refused.status
+        if status is None:
+            return UnknownTransaction(xid)
+        if refused.pending is not None:
+            return DecisionRefused(
+                xid,
+                f"{what} is already pending for {xid} (requested by {refused.pending.actor})",
+                status,
+            )
+        if decision.applies(status):
+            return DecisionRefused(
+                xid, f"{what} no longer applies: {xid} is past every block that waits for it",
+                status,
+            )  # fmt: skip
+        return decision.refusal(xid, status, what)
 
     async def pause(
         self, xid: str, *, actor: str, reason: str | None = None, wait: bool = True
@@ -535,18 +628,18 @@ class Engine:
         finishes, the next one does not start — as ``suspended`` with reason ``paused``; a
         waiting one at once. Roll it forward to go on, or back. Driven by another worker, it
         pauses when that worker's heartbeat sees the request (within a third of the lease)."""
+        accept(inputs.field_problems(xid=xid, actor=actor, reason=reason))
         tx = await self.get(xid)
-        if tx.status not in (RUNNING, WAITING):
-            raise DecisionRefused(
-                xid,
-                f"pause applies to a running or waiting transaction; {xid} is {tx.status}",
-                tx.status,
-            )
+        decisions.PAUSE.check(tx)
         now = self.clock()
-        sid = await self.store.add_signal(
-            SignalRecord(xid=xid, name=PAUSE_SIGNAL, payload=None, at=now, actor=actor),
-            AuditRecord(xid=xid, at=now, actor=actor, action="pause", reason=reason),
-        )
+        try:
+            sid = await self.store.add_signal(
+                SignalRecord(xid=xid, name=PAUSE_SIGNAL, payload=None, at=now, actor=actor),
+                AuditRecord(xid=xid, at=now, actor=actor, action="pause", reason=reason),
+                statuses=decisions.PAUSE.applies_to,
+            )
+        except SignalRefused as refused:
+            raise self._signal_refused(refused, decisions.PAUSE, "a pause") from None
         if self.is_running_here(xid):
             # The driver parks it at the next boundary (or, if it stops at a wait block first,
             # _one_less hands the request on to _pause_waiting).
@@ -557,19 +650,31 @@ class Engine:
     async def _pause_waiting(self, xid: str, sid: int) -> TxRecord:
         """A pause request for a transaction not driven here: park it if it waits."""
         try:
-            tx = await self._claim(xid)
+            async with self._claimed(xid) as tx:
+                if tx.status != WAITING:
+                    # Running with its owner gone: the recovery sweep takes it over (in-doubt
+                    # rules first) and pauses it at the next boundary. Anything else: it stopped
+                    # meanwhile.
+                    await self._release(tx)
+                    return tx
+                b = tx.blocks[tx.cursor]
+                b.status, b.started_at, b.note = PENDING, None, "wait paused"
+                tx.status, tx.reason, tx.error = SUSPENDED, "paused", None
+                await self._write(tx, [b], release=True, consume_signal=sid)
+                return tx
         except Busy:
-            return await self.get(xid)  # its driver, elsewhere, will see the request
-        if tx.status != WAITING:
-            # Running with its owner gone: the recovery sweep takes it over (in-doubt rules
-            # first) and pauses it at the next boundary. Anything else: it stopped meanwhile.
-            await self._release(tx)
-            return tx
-        b = tx.blocks[tx.cursor]
-        b.status, b.started_at, b.note = PENDING, None, "wait paused"
-        tx.status, tx.reason, tx.error = SUSPENDED, "paused", None
-        await self._write(tx, [b], release=True, consume_signal=sid)
-        return tx
+            # Its driver, here (a decision being made) or elsewhere, will see the request.
+            return await self.get(xid)
+
+    async def _pause_from_elsewhere(self, xid: str) -> bool:
+        """A pause requested through another process that the heartbeat has not brought here
+        yet. Looked up before stopping at a wait block (a waiting transaction has no driver to
+        see it later); between other blocks the heartbeat suffices."""
+        sig = await self.store.pending_signal(xid, PAUSE_SIGNAL)
+        if sig is None or sig.id is None:
+            return False
+        self._pauses[xid] = sig.id
+        return True
 
     def _spent_pause(self, tx: TxRecord, consume: int | None) -> int | None:
         """The signal this write consumes: the step's own, else a pending pause request, which
@@ -583,8 +688,9 @@ class Engine:
         their inputs. Changes nothing."""
         tx = await self.get(xid)
         sc = self.scenario(tx.scenario)
+        rolling_forward = decisions.ROLLFORWARD.applies(tx.status)
         forward: list[dict[str, Any]] = []
-        if tx.status in (SUSPENDED, WAITING):
+        if rolling_forward or tx.status == WAITING:
             for i in range(tx.cursor, len(sc.blocks)):
                 b = sc.blocks[i]
                 forward.append(
@@ -598,7 +704,8 @@ class Engine:
                     }
                 )
         backward: list[dict[str, Any]] = []
-        if tx.status in (SUSPENDED, WAITING, ROLLBACK_FAILED, ROLLING_BACK):
+        # What a rollback would undo, or (rolling back) what is still to undo.
+        if decisions.ROLLBACK.applies(tx.status) or tx.status == ROLLING_BACK:
             for i in self._undo_order(tx, sc):
                 b, rec = sc.blocks[i], tx.blocks[i]
                 backward.append(
@@ -615,7 +722,7 @@ class Engine:
         return {
             "xid": xid,
             "status": tx.status,
-            "rollforward": forward if tx.status == SUSPENDED else [],
+            "rollforward": forward if rolling_forward else [],
             "rollback": backward,
             "resume_after_signal": forward if tx.status == WAITING else [],
         }
@@ -629,19 +736,16 @@ class Engine:
         now = self.clock()
         taken: list[str] = []
         for xid in await self.store.orphans(now, ACTIVE):
-            if self.is_running_here(xid):
+            if self.is_running_here(xid) or xid in self._deciding:
                 continue
             try:
-                tx = await self._claim(xid)
+                if await self._take_over(xid):
+                    taken.append(xid)
             except (Busy, UnknownTransaction):
                 continue
-            if tx.status not in ACTIVE:
-                await self._release(tx)
+            except Exception:  # this one failed (handed back): the others still get their turn
+                log.exception("taking over failed", extra={"xid": xid})
                 continue
-            taken.append(xid)
-            log.info("taking over transaction", extra={"xid": xid})
-            await self._resolve_in_doubt(tx)
-            self._spawn(tx)
             await self._collect_pauses([xid])  # paused while its owner was gone
         # Waits: one query for all of them; a transaction is loaded only once it is due.
         for w in await self.store.waiting(now):
@@ -650,21 +754,46 @@ class Engine:
                 bdef = self.scenario(w.scenario).blocks[w.cursor]
             except (UnknownScenario, IndexError):
                 continue  # not this app's (another app shares the store): not ours to wake
+            if w.signalled:
+                pause = await self.store.pending_signal(xid, PAUSE_SIGNAL)
+                if pause is not None and pause.id is not None:
+                    # Requested while it stopped at the wait, too late for its driver to see.
+                    await self._pause_waiting(xid, pause.id)
+                    continue
             timed_out = bdef.timeout is not None and (w.started_at or 0) + bdef.timeout <= now
             signalled = w.signalled and (
                 await self.store.pending_signal(xid, bdef.wait or "") is not None
             )
-            if signalled or timed_out:
-                with contextlib.suppress(Busy):
-                    tx = await self._claim(xid)
-                    if tx.status == WAITING:
-                        tx.status = RUNNING
-                        await self._write(tx)
-                        self._spawn(tx)
-                        taken.append(xid)
-                    else:
-                        await self._release(tx)
+            if (signalled or timed_out) and await self._wake(xid):
+                taken.append(xid)
         return taken
+
+    async def _take_over(self, xid: str) -> bool:
+        """Claim an orphan, apply the in-doubt rules and drive it on; False if it had stopped."""
+        async with self._claimed(xid) as tx:
+            if tx.status not in ACTIVE:
+                await self._release(tx)
+                return False
+            log.info("taking over transaction", extra={"xid": xid})
+            await self._resolve_in_doubt(tx)
+            if tx.status in ACTIVE:
+                self._spawn(tx)
+            return True
+
+    async def _wake(self, xid: str) -> bool:
+        """Resume a waiting transaction whose signal came or whose wait timed out (the driver
+        tells which); False if someone else holds it or it stopped waiting meanwhile."""
+        try:
+            async with self._claimed(xid) as tx:
+                if tx.status != WAITING:
+                    await self._release(tx)
+                    return False
+                tx.status = RUNNING
+                await self._write(tx)
+                self._spawn(tx)
+                return True
+        except Busy:
+            return False
 
     async def sweep_forever(self, interval: float = 1.0) -> None:
         """The transaction role: recover orphans and time out waits, forever."""
@@ -749,24 +878,68 @@ class Engine:
 
     # -- ownership -------------------------------------------------------------------------------
 
-    async def _claim(self, xid: str) -> TxRecord:
-        if self.is_running_here(xid):
-            tx = await self.get(xid)
+    @contextlib.asynccontextmanager
+    async def _claimed(self, xid: str) -> AsyncIterator[TxRecord]:
+        """Own the transaction while deciding on it. Exactly one of any number of concurrent
+        claims gets it: in this process by a reservation taken before the first ``await`` (the
+        store's claim is not enough on its own: between two awaits another coroutine may claim
+        too), across processes by the store's claim, which never hands a transaction to anyone
+        who holds it — its own owner included. The body either hands the transaction on (a
+        write that releases it, or a driver) or fails; a failure of any kind gives the
+        transaction back as stored, at once or, if the store fails too, from the heartbeat."""
+        if self.is_running_here(xid) or xid in self._deciding:
+            tx = await self.get(xid)  # for the reason only: the refusal is decided already
+            doing = "running" if self.is_running_here(xid) else "being decided on"
             raise Busy(
                 xid,
-                f"transaction {xid} is {tx.status} in this process; wait until it parks",
+                f"transaction {xid} is {tx.status} and {doing} in this process; "
+                "wait until it parks",
                 tx.status,
             )
-        tx = await self.store.claim(xid, self.owner, self.lease_seconds, self.clock())
-        if tx is None:
-            current = await self.store.load(xid)
-            if current is None:
-                raise UnknownTransaction(xid)
-            raise Busy(
-                xid,
-                f"transaction {xid} is {current.status} and owned by {current.owner}",
-                current.status,
-            )
+        self._deciding.add(xid)
+        try:
+            fence = self._to_release.pop(xid, None)
+            if fence is not None:  # left owned by a failure here: hand it back first
+                try:
+                    await self._give_up(xid, fence)
+                except Exception:
+                    self._to_release[xid] = fence
+                    raise
+            tx = await self.store.claim(xid, self.owner, self.lease_seconds, self.clock())
+            if tx is None:
+                current = await self.store.load(xid)
+                if current is None:
+                    raise UnknownTransaction(xid)
+                raise Busy(
+                    xid,
+                    f"transaction {xid} is {current.status} and owned by {current.owner}",
+                    current.status,
+                )
+            try:
+                yield tx
+            except FencedOut:
+                # Our lease ran out mid-decision and another worker took over: its decision.
+                raise Busy(
+                    xid, f"transaction {xid} was taken over by another worker meanwhile", None
+                ) from None
+            except BaseException:
+                await self._hand_back(xid, tx.fence)
+                raise
+        finally:
+            self._deciding.discard(xid)
+
+    async def _hand_back(self, xid: str, fence: int) -> None:
+        """Release a claim after a failure; if the store fails too, the heartbeat retries."""
+        try:
+            await self._give_up(xid, fence)
+        except Exception:
+            log.exception("could not hand the transaction back; retrying", extra={"xid": xid})
+            self._to_release[xid] = fence
+
+    async def _settle(self, tx: TxRecord, wait: bool) -> TxRecord:
+        """After a decision: wait until the transaction stops moving, if asked to."""
+        if wait and tx.status in ACTIVE:
+            return await self.wait(tx.xid)
         return tx
 
     async def _release(self, tx: TxRecord) -> None:
@@ -795,13 +968,6 @@ class Engine:
     def _notify(self, tx: TxRecord) -> None:
         for o in self.observers:
             o.transaction_changed(tx)
-
-    async def _continue(self, tx: TxRecord, wait: bool) -> TxRecord:
-        if tx.status in ACTIVE:
-            self._spawn(tx)
-            if wait:
-                return await self.wait(tx.xid)
-        return tx
 
     # -- driving ---------------------------------------------------------------------------------
 
@@ -884,11 +1050,19 @@ class Engine:
         if inspect.isawaitable(result):
             result = await result
         try:
-            json.dumps(result)
+            text = to_json(result)
         except (TypeError, ValueError) as exc:
             raise TypeError(
                 f"block {ctx.block!r} returned a value that is not JSON-serialisable: {exc}"
             ) from None
+        problems = inputs.json_problems(result, text)
+        if problems:
+            # The same rule as for requests: no store could keep it (a DO that returns it
+            # fails like one that returns something not JSON at all).
+            where = "; ".join(f"{p['path']}: {p['message']}" for p in problems[:5])
+            raise TypeError(
+                f"block {ctx.block!r} returned a value the platform cannot store: {where}"
+            )
         return result
 
     async def _attempts(
@@ -974,7 +1148,7 @@ class Engine:
                     None,
                     error_info(TimeoutError(f"no signal {bdef.wait!r} within {bdef.timeout:g} s")),
                 )
-            elif tx.xid in self._pauses:
+            elif tx.xid in self._pauses or await self._pause_from_elsewhere(tx.xid):
                 # Paused before the wait began: park, the wait block not started.
                 rec.status, rec.started_at = PENDING, None
                 tx.status, tx.reason, tx.error = SUSPENDED, "paused", None

@@ -3,6 +3,7 @@ HTTP statuses)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -27,6 +28,16 @@ class RequestInvalid(EngineError):
         self.violations = violations
         lines = "; ".join(f"{v['path']}: {v['message']}" for v in violations)
         super().__init__(f"request does not match the schema: {lines}")
+
+
+class TextInvalid(RequestInvalid):
+    """Text or a number the platform does not accept (engine/inputs.py): a NUL, a lone
+    surrogate, a non-finite number — wherever it is, as one violation per place (HTTP 422)."""
+
+    def __init__(self, violations: list[dict[str, str]]) -> None:
+        super().__init__(violations)
+        lines = "; ".join(f"{v['path']}: {v['message']}" for v in violations)
+        self.args = (f"input not accepted: {lines}",)
 
 
 class DecisionRefused(EngineError):
@@ -54,14 +65,18 @@ class LockTimeout(EngineError):
 
 
 class IdempotencyConflict(EngineError):
-    """The same idempotency key was used with a different request."""
+    """The same idempotency key was used for another call: a different request, or (when
+    ``scenario`` is set) another scenario, the one named."""
 
-    def __init__(self, key: str, xid: str) -> None:
+    def __init__(self, key: str, xid: str, *, scenario: str | None = None) -> None:
         self.key = key
         self.xid = xid
-        super().__init__(
-            f"idempotency key {key!r} was already used with a different request (transaction {xid})"
-        )
+        self.scenario = scenario
+        if scenario is not None:
+            text = f"idempotency key {key!r} was already used for scenario {scenario!r}"
+        else:
+            text = f"idempotency key {key!r} was already used with a different request"
+        super().__init__(f"{text} (transaction {xid})")
 
 
 class LimitReached(TimeoutError):
@@ -69,6 +84,20 @@ class LimitReached(TimeoutError):
     raised itself). Reported as a plain TimeoutError: users see one kind of timeout."""
 
 
+# What no store keeps (see engine/inputs.py); an error's text is shown, not matched, so such
+# characters are replaced rather than refused.
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(text: str) -> str:
+    return _UNSTORABLE.sub("\ufffd", text)
+
+
 def error_info(exc: BaseException, tb: str | None = None) -> dict[str, Any]:
     name = "TimeoutError" if isinstance(exc, LimitReached) else type(exc).__name__
-    return {"type": name, "message": str(exc) or type(exc).__name__, "traceback": tb}
+    message = str(exc) or type(exc).__name__
+    return {
+        "type": _storable(name),
+        "message": _storable(message),
+        "traceback": _storable(tb) if tb is not None else None,
+    }

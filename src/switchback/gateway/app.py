@@ -20,7 +20,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jsonschema import Draft202012Validator
 from starlette.applications import Starlette
@@ -37,17 +37,19 @@ from switchback.engine import (
     IdempotencyConflict,
     LockTimeout,
     RequestInvalid,
+    TextInvalid,
     UnknownScenario,
     UnknownTransaction,
+    inputs,
 )
 from switchback.gateway.auth import TokenSet
 from switchback.gateway.config import GatewayConfig
-from switchback.gateway.forward import Forwarder
 from switchback.gateway.http import (
     HTTPError,
     dumps,
     error_response,
     json_response,
+    not_accepted,
     prefers_async,
     read_body,
     read_json,
@@ -69,6 +71,9 @@ from switchback.store.records import (
     TxRecord,
 )
 
+if TYPE_CHECKING:
+    from switchback.gateway.forward import Forwarder
+
 log = logging.getLogger("switchback.gateway")
 access_log = logging.getLogger("switchback.access")
 
@@ -89,8 +94,27 @@ def violations_of(validator: Draft202012Validator, body: Any) -> list[dict[str, 
         pointer = "".join(
             f"/{str(p).replace('~', '~0').replace('/', '~1')}" for p in err.absolute_path
         )
-        out.append({"path": pointer or "/", "message": err.message})
+        message = err.message
+        if err.validator == "not" and err.instance is None:
+            message = "null is refused: leave the field out instead"
+        out.append({"path": pointer or "/", "message": message})
     return sorted(out, key=lambda v: (v["path"], v["message"]))
+
+
+def check_params(params: Any, where: str) -> None:
+    """Path or query parameters (a mapping or (name, value) pairs) with text the platform does
+    not accept → 422 naming each one (engine/inputs.py)."""
+    items = params.items() if hasattr(params, "items") else params
+    problems = []
+    for name, value in items:
+        for text in (name, value):
+            problem = inputs.text_problem(text) if isinstance(text, str) else None
+            if problem:
+                shown = inputs.pointer("", inputs.shown(name))
+                problems.append({"path": shown, "message": problem})
+                break
+    if problems:
+        raise not_accepted(problems, where)
 
 
 def invalid(violations: list[dict[str, str]]) -> HTTPError:
@@ -232,6 +256,10 @@ class Gateway:
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         role = self.config.role
         if self.config.role == "apigw":
+            # Imported here: aiohttp takes a third of the gateway's import time, and only the
+            # apigw role forwards (restarts of the other roles stay quick).
+            from switchback.gateway.forward import Forwarder
+
             assert self.config.scenario_url
             self.forwarder = Forwarder(self.config.scenario_url, self.config.default_wait + 30)
         if self.engine is not None:
@@ -314,8 +342,11 @@ class Gateway:
                 "invalid Idempotency-Key header",
                 "1 to 255 visible ASCII characters, no spaces",
             )
+        params = dict(request.path_params)
+        if params:
+            check_params(params, "path")
         body = await read_json(request, self.config.max_body, empty={})
-        body = merge_path_params(sc, body, dict(request.path_params))
+        body = merge_path_params(sc, body, params)
         if self.forwarder is not None:
             violations = sc.validate_request(body)
             if violations:
@@ -342,6 +373,9 @@ class Gateway:
 
     async def admin(self, request: Request, action: str) -> Response:
         actor = self.authenticate(request, True)
+        check_params(request.path_params, "path")
+        if request.url.query:
+            check_params(request.query_params.multi_items(), "query")
         xid = request.path_params.get("xid")
         if xid:
             current_xid.set(xid)
@@ -406,9 +440,14 @@ class Gateway:
         assert self.engine is not None
         q = request.query_params
         problems = []
-        status = q.get("status") or None
+        status = q.get("status")
         if status is not None and status not in TX_STATUSES:
             problems.append({"path": "/status", "message": f"not one of {', '.join(TX_STATUSES)}"})
+        scenario = q.get("scenario")
+        if scenario == "":
+            problems.append(
+                {"path": "/scenario", "message": "a scenario name (leave it out for all)"}
+            )
         limit_text = q.get("limit", "50")
         limit = int(limit_text) if re.fullmatch(r"\d{1,4}", limit_text) else -1
         if not 1 <= limit <= 1000:
@@ -419,7 +458,7 @@ class Gateway:
         if problems:
             raise HTTPError(422, "invalid query parameters", {"violations": problems})
         page, nxt = await self.engine.list(
-            status=status, scenario=q.get("scenario") or None, limit=limit, cursor=cursor
+            status=status, scenario=scenario, limit=limit, cursor=cursor
         )
         return json_response(
             200, {"transactions": [tx_summary(t) for t in page], "next_cursor": nxt}
@@ -657,11 +696,19 @@ async def _engine_error(request: Request, exc: Exception) -> Response:
     detail: dict[str, Any] = {}
     if isinstance(exc, UnknownTransaction):
         return error_response(404, "unknown transaction", {"xid": exc.xid})
+    if isinstance(exc, TextInvalid):
+        return not_accepted(exc.violations).response()
     if isinstance(exc, RequestInvalid):
         return error_response(
             422, "request does not match the schema", {"violations": exc.violations}
         )
     if isinstance(exc, IdempotencyConflict):
+        if exc.scenario is not None:
+            return error_response(
+                422,
+                "idempotency key reused with another scenario",
+                {"xid": exc.xid, "scenario": exc.scenario, "message": str(exc)},
+            )
         return error_response(
             422,
             "idempotency key reused with a different request",

@@ -13,6 +13,9 @@ import yaml
 ROLES = ("all", "apigw", "scenario", "transaction")
 TOKENS_ENV = "SWITCHBACK_ADMIN_TOKENS"
 DEFAULT_MAX_BODY = 1024 * 1024
+# The request head (request line + headers) and the header count; more gets 431 (protocol.py).
+DEFAULT_MAX_HEAD_BYTES = 64 * 1024  # Envoy's default is 60 KiB, nginx's 4 × 8 KiB
+DEFAULT_MAX_HEADERS = 128  # Envoy's default is 100, and it adds a few of its own upstream
 
 
 class ConfigError(Exception):

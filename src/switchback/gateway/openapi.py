@@ -165,16 +165,31 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
-_REASON = {"type": "string"}
+# Text the platform accepts (engine/inputs.py): no NUL anywhere (nor a lone surrogate, which
+# JSON text can only carry as an escape, and no URL at all). Published on the fields the admin
+# API defines; a scenario's own request schema is the app's, so this rule is stated in the
+# document's description for its fields.
+NO_NUL = "^[^\\x00]*$"
+_REASON = {"type": "string", "pattern": NO_NUL}
 # The bodies of the admin API's decisions: the gateway validates against these, and the OpenAPI
-# document publishes them as <Action>Body.
+# document publishes them as <Action>Body (rollforward's ``request`` and ``from`` made precise
+# for the app, see rollforward_body).
 DECISION_BODIES: dict[str, dict[str, Any]] = {
     "rollforward": {
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "request": {"description": "corrected request, validated against the scenario schema"},
-            "from": {"type": "string", "minLength": 1, "description": "an earlier block"},
+            "request": {
+                "description": "corrected request, validated against the transaction's "
+                "scenario schema; leave it out to keep the stored one (null is refused)",
+                "not": {"type": "null"},
+            },
+            "from": {
+                "type": "string",
+                "minLength": 1,
+                "pattern": NO_NUL,
+                "description": "the failed block or an earlier one",
+            },
             "reason": _REASON,
         },
     },
@@ -188,7 +203,13 @@ DECISION_BODIES: dict[str, dict[str, Any]] = {
         "type": "object",
         "additionalProperties": False,
         "required": ["reason"],
-        "properties": {"reason": {"type": "string", "minLength": 1, "pattern": "\\S"}},
+        "properties": {
+            "reason": {
+                "type": "string",
+                "minLength": 1,
+                "pattern": "^[^\\x00]*[^\\s\\x00][^\\x00]*$",
+            }
+        },
     },
     "signal": {
         "type": "object",
@@ -197,6 +218,24 @@ DECISION_BODIES: dict[str, dict[str, Any]] = {
     },
 }
 SCHEMAS.update({f"{k.capitalize()}Body": v for k, v in DECISION_BODIES.items()})
+
+
+def rollforward_body(app: App) -> dict[str, Any]:
+    """The rollforward body as the server checks it for this app: a corrected ``request`` is
+    validated against the transaction's scenario (so it is one of the scenarios' requests, never
+    null), ``from`` names one of its blocks."""
+    body = copy.deepcopy(DECISION_BODIES["rollforward"])
+    props = body["properties"]
+    requests: list[Any] = []
+    for sc in sorted(app.scenarios.values(), key=lambda s: s.name):
+        if sc.request not in requests:
+            requests.append(copy.deepcopy(sc.request))
+    if requests:
+        props["request"]["anyOf"] = requests
+    blocks = sorted({b.name for sc in app.scenarios.values() for b in sc.blocks})
+    if blocks:
+        props["from"]["enum"] = blocks
+    return body
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -275,7 +314,8 @@ def _scenario_operation(sc: Scenario, config: GatewayConfig) -> dict[str, Any]:
             "name": "Idempotency-Key",
             "in": "header",
             "required": False,
-            "description": "same key + same body returns the same transaction; a different body → 422",
+            "description": "the caller's key for this call: the same key, scenario and body "
+            "return the same transaction; another body or another scenario → 422",
             "schema": {"type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
         },
         {
@@ -324,7 +364,12 @@ def _scenario_operation(sc: Scenario, config: GatewayConfig) -> dict[str, Any]:
     return op
 
 
-XID = {"name": "xid", "in": "path", "required": True, "schema": {"type": "string"}}
+XID = {
+    "name": "xid",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": NO_NUL},
+}
 PREFER = {
     "name": "Prefer",
     "in": "header",
@@ -374,7 +419,7 @@ def build_openapi(app: App, config: GatewayConfig) -> dict[str, Any]:
                     "name": "scenario",
                     "in": "query",
                     "required": False,
-                    "schema": {"type": "string"},
+                    "schema": {"type": "string", "minLength": 1, "pattern": NO_NUL},
                 },
                 {
                     "name": "limit",
@@ -386,7 +431,8 @@ def build_openapi(app: App, config: GatewayConfig) -> dict[str, Any]:
                     "name": "cursor",
                     "in": "query",
                     "required": False,
-                    "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+                    "description": "next_cursor of the previous page",
+                    "schema": {"type": "integer", "minimum": 0, "maximum": 2**63 - 1},
                 },
             ],
             "responses": {
@@ -449,7 +495,14 @@ def build_openapi(app: App, config: GatewayConfig) -> dict[str, Any]:
         "deliver a signal; a transaction waiting for it resumes",
         "SignalBody",
         False,
-        [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+        [
+            {
+                "name": "name",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "pattern": NO_NUL},
+            }
+        ],
     )
     for path, summary in (("/healthz", "liveness"), ("/readyz", "readiness")):
         paths[path] = {
@@ -486,11 +539,15 @@ def build_openapi(app: App, config: GatewayConfig) -> dict[str, Any]:
             "title": f"{title} (switchback)",
             "version": "1",
             "description": "Scenario endpoints run as durable DO/UNDO transactions. A parked "
-            "transaction answers 424 with its failed block; decide on it through /transactions.",
+            "transaction answers 424 with its failed block; decide on it through /transactions. "
+            "Everywhere — any JSON string or key, any path or query parameter — text with a NUL "
+            "(U+0000) or a lone surrogate, and numbers beyond the double range, are refused "
+            "with 422 `input not accepted`, each place named. Request headers are limited in "
+            "size and count (431), bodies in size (413).",
         },
         "paths": paths,
         "components": {
-            "schemas": copy.deepcopy(SCHEMAS),
+            "schemas": {**copy.deepcopy(SCHEMAS), "RollforwardBody": rollforward_body(app)},
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
         "security": [{"bearer": []}],

@@ -30,6 +30,25 @@ class DuplicateIdempotencyKey(StoreError):
         super().__init__(f"idempotency key already used by {existing.xid}")
 
 
+class SignalRefused(StoreError):
+    """``add_signal`` stored nothing: the transaction is missing, not in one of the statuses the
+    signal applies to, past the last block that could consume it, or a signal of the same name
+    is already pending (``pending``)."""
+
+    def __init__(
+        self, xid: str, status: str | None, cursor: int | None, pending: SignalRecord | None
+    ) -> None:
+        self.xid = xid
+        self.status = status
+        self.cursor = cursor
+        self.pending = pending
+        if pending is not None:
+            what = f"a signal {pending.name!r} from {pending.actor} is already pending"
+        else:
+            what = f"status {status}, block {cursor}"
+        super().__init__(f"signal not stored for {xid}: {what}")
+
+
 class LockHeld(StoreError):
     """A resource lock key is held by another transaction."""
 
@@ -68,7 +87,8 @@ class Store(abc.ABC):
     ) -> None:
         """Insert a new transaction with its blocks, taking all its resource ``locks`` in the
         same commit (all or nothing, so two transactions can never deadlock on them).
-        Raises DuplicateIdempotencyKey, or LockHeld (and inserts nothing)."""
+        Raises DuplicateIdempotencyKey (``tx.idempotency_key`` is taken in
+        ``tx.idempotency_scope``), or LockHeld (and inserts nothing)."""
 
     @abc.abstractmethod
     async def write(
@@ -100,15 +120,17 @@ class Store(abc.ABC):
         """Newest first, without blocks/audit; returns the page and the next cursor."""
 
     @abc.abstractmethod
-    async def find_by_idempotency_key(self, key: str) -> TxRecord | None: ...
+    async def find_by_idempotency_key(self, scope: str, key: str) -> TxRecord | None:
+        """The transaction started with this key in this scope (the caller), or None."""
 
     @abc.abstractmethod
     async def claim(
         self, xid: str, owner: str, lease_seconds: float, now: float
     ) -> TxRecord | None:
-        """Take ownership if the transaction is unowned, owned by us, or its owner's lease has
-        expired (or its owner process is known dead). Bumps the fencing token. Returns the loaded
-        transaction, or None if someone else holds it."""
+        """Take ownership if the transaction is unowned or its owner's lease has expired (or its
+        owner process is known dead). Bumps the fencing token. Returns the loaded transaction, or
+        None if anyone holds it — ``owner`` itself included: a claim is exclusive, so two
+        decisions made by one process can never both hold the transaction."""
 
     @abc.abstractmethod
     async def heartbeat(self, owner: str, lease_seconds: float, now: float) -> int:
@@ -125,7 +147,19 @@ class Store(abc.ABC):
         transactions wait (an approval can wait for days)."""
 
     @abc.abstractmethod
-    async def add_signal(self, signal: SignalRecord, audit: AuditRecord) -> int: ...
+    async def add_signal(
+        self,
+        signal: SignalRecord,
+        audit: AuditRecord,
+        *,
+        statuses: Sequence[str] | None = None,
+        max_cursor: int | None = None,
+    ) -> int:
+        """Store the signal and its audit record; returns the signal's id. In the same atomic
+        step (serialised with every write to the transaction), refuse with SignalRefused and
+        store nothing if the transaction's status is not in ``statuses``, its cursor is past
+        ``max_cursor``, or a signal of the same name is pending already: so of concurrent
+        signals exactly one is stored, and none is kept that nothing will consume."""
 
     @abc.abstractmethod
     async def pending_signal(self, xid: str, name: str) -> SignalRecord | None:

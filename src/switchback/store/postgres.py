@@ -12,7 +12,6 @@ URL: ``postgresql://user@host:port/db?schema=NAME&pool_size=N``; ``schema`` (def
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from collections import deque
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from switchback.store.base import (
     DuplicateIdempotencyKey,
     FencedOut,
     LockHeld,
+    SignalRefused,
     Store,
     StoreError,
     list_query,
@@ -43,10 +43,11 @@ from switchback.store.records import (
     SignalRecord,
     TxRecord,
     WaitingRecord,
+    to_json,
 )
 
 _WAITING = waiting_query("NOT s.consumed")
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each entry migrates from version i to i+1 (same history as the SQLite store). New versions
 # append here; never edit old entries.
@@ -120,18 +121,27 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX locks_xid ON locks (xid);
     """,
+    # 3: an idempotency key is unique per scope (the caller who used it), not across callers.
+    # Existing keys get the actor of their start record.
+    """
+    ALTER TABLE transactions ADD COLUMN idempotency_scope TEXT;
+    UPDATE transactions t SET idempotency_scope = COALESCE((SELECT a.actor FROM audit a
+        WHERE a.xid = t.xid AND a.action = 'start' ORDER BY a.id LIMIT 1), '')
+        WHERE t.idempotency_key IS NOT NULL;
+    ALTER TABLE transactions DROP CONSTRAINT transactions_idempotency_key_key;
+    CREATE UNIQUE INDEX tx_idempotency ON transactions (idempotency_scope, idempotency_key);
+    """,
 ]
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
-def _dump(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
+_dump = to_json  # the encoder every store uses (no NaN/infinity: not JSON, jsonb refuses them)
 
 
 _TX_COLS = (
     "xid, scenario, status, request, cursor, reason, error, result, created_at, updated_at, "
-    "deadline, idempotency_key, request_hash, owner, lease_until, fence"
+    "deadline, idempotency_key, request_hash, owner, lease_until, fence, idempotency_scope"
 )
 _BLOCK_COLS = (
     "xid, idx, name, status, attempts, output, error, started_at, ended_at, undo_attempts, "
@@ -144,31 +154,34 @@ def _tx_from_row(r: Sequence[Any]) -> TxRecord:
         xid=r[0], scenario=r[1], status=r[2], request=r[3], cursor=r[4], reason=r[5],
         error=r[6], result=r[7], created_at=r[8], updated_at=r[9], deadline=r[10],
         idempotency_key=r[11], request_hash=r[12], owner=r[13], lease_until=r[14], fence=r[15],
+        idempotency_scope=r[16],
     )  # fmt: skip
 
 
 def _blocks_json(blocks: Sequence[BlockRecord]) -> str:
     """Block rows as one JSON array, expanded by ``jsonb_to_recordset`` on the server: one
     parameter whatever the block count, and far cheaper to send than a dozen typed arrays."""
-    return json.dumps(
-        [
-            {
-                "idx": b.index,
-                "name": b.name,
-                "status": b.status,
-                "attempts": b.attempts,
-                "output": b.output,
-                "error": b.error,
-                "started_at": b.started_at,
-                "ended_at": b.ended_at,
-                "undo_attempts": b.undo_attempts,
-                "undo_output": b.undo_output,
-                "undo_error": b.undo_error,
-                "note": b.note,
-            }
-            for b in blocks
-        ],
-        separators=(",", ":"),
+    return (
+        to_json(
+            [
+                {
+                    "idx": b.index,
+                    "name": b.name,
+                    "status": b.status,
+                    "attempts": b.attempts,
+                    "output": b.output,
+                    "error": b.error,
+                    "started_at": b.started_at,
+                    "ended_at": b.ended_at,
+                    "undo_attempts": b.undo_attempts,
+                    "undo_output": b.undo_output,
+                    "undo_error": b.undo_error,
+                    "note": b.note,
+                }
+                for b in blocks
+            ]
+        )
+        or "[]"
     )
 
 
@@ -187,7 +200,7 @@ WITH l AS (
     INSERT INTO locks (key, xid, acquired_at) SELECT k, %s, %s FROM unnest(%s::text[]) AS k
 ), t AS (
     INSERT INTO transactions ({_TX_COLS}) VALUES
-    (%s, %s, %s, %s::jsonb, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s)
+    (%s, %s, %s, %s::jsonb, %s, %s, %s::jsonb, %s::jsonb, %s, %s, %s, %s, %s, %s, %s, %s, %s)
 ), b AS (
     INSERT INTO blocks ({_BLOCK_COLS})
     SELECT %s, v.* FROM {_BLOCK_ROWS}
@@ -497,9 +510,10 @@ class PostgresStore(Store):
         keys = sorted(set(locks))
         params = (
             tx.xid, tx.created_at, keys,
-            tx.xid, tx.scenario, tx.status, _dump(tx.request), tx.cursor, tx.reason,
+            tx.xid, tx.scenario, tx.status, tx.request_json(), tx.cursor, tx.reason,
             _dump(tx.error), _dump(tx.result), tx.created_at, tx.updated_at, tx.deadline,
             tx.idempotency_key, tx.request_hash, tx.owner, tx.lease_until, tx.fence,
+            tx.idempotency_scope,
             tx.xid, _blocks_json(blocks),
             tx.xid, *_audit_params(audit),
         )  # fmt: skip
@@ -516,8 +530,10 @@ class PostgresStore(Store):
                     if held is None:
                         continue  # released between our insert and the look-up: try again
                     raise LockHeld(*held) from None
-                if tx.idempotency_key and "idempotency_key" in constraint:
-                    existing = await self.find_by_idempotency_key(tx.idempotency_key)
+                if tx.idempotency_key and constraint == "tx_idempotency":
+                    existing = await self.find_by_idempotency_key(
+                        tx.idempotency_scope or "", tx.idempotency_key
+                    )
                     if existing is not None:
                         raise DuplicateIdempotencyKey(existing) from None
                 raise
@@ -542,7 +558,7 @@ class PostgresStore(Store):
     ) -> None:
         final = tx.status in FINAL
         params: list[Any] = [
-            tx.status, _dump(tx.request), tx.cursor, tx.reason, _dump(tx.error), _dump(tx.result),
+            tx.status, tx.request_json(), tx.cursor, tx.reason, _dump(tx.error), _dump(tx.result),
             tx.updated_at, tx.deadline, tx.owner, tx.lease_until, tx.xid, tx.fence,
         ]  # fmt: skip
         if blocks:
@@ -592,16 +608,18 @@ class PostgresStore(Store):
         self, xid: str, owner: str, lease_seconds: float, now: float
     ) -> TxRecord | None:
         async with self.pool.connection() as conn:
+            # Never "already mine": a claim is exclusive, even within one owner (two decisions
+            # of one process must not both hold the transaction).
             cur = await conn.execute(
                 "UPDATE transactions SET owner=%s, lease_until=%s, fence=fence+1 WHERE xid=%s AND "
-                "(owner IS NULL OR owner=%s OR lease_until < %s) RETURNING owner",
-                (owner, now + lease_seconds, xid, owner, now),
+                "(owner IS NULL OR lease_until < %s) RETURNING owner",
+                (owner, now + lease_seconds, xid, now),
             )
             if await cur.fetchone() is None:
                 row = await (
                     await conn.execute("SELECT owner FROM transactions WHERE xid=%s", (xid,))
                 ).fetchone()
-                if row is None or not owner_is_dead(row[0]):
+                if row is None or row[0] == owner or not owner_is_dead(row[0]):
                     return None
                 # Its owner is a dead process on this host: take over, but only from that owner
                 # (compare and set), in case someone else was quicker.
@@ -622,8 +640,34 @@ class PostgresStore(Store):
             )
             return cur.rowcount
 
-    async def add_signal(self, signal: SignalRecord, audit: AuditRecord) -> int:
-        async with self.pool.connection() as conn:
+    async def add_signal(
+        self,
+        signal: SignalRecord,
+        audit: AuditRecord,
+        *,
+        statuses: Sequence[str] | None = None,
+        max_cursor: int | None = None,
+    ) -> int:
+        async with self.pool.connection() as conn, conn.transaction():
+            # The transaction's row lock serialises this with every other signal for it and with
+            # every write of its driver (which consumes signals in the same statement that
+            # updates the row): the check below sees the latest committed state.
+            row = await (
+                await conn.execute(
+                    "SELECT status, cursor FROM transactions WHERE xid=%s FOR UPDATE",
+                    (signal.xid,),
+                )
+            ).fetchone()
+            status, cursor = row if row else (None, None)
+            if (
+                row is None
+                or (statuses is not None and status not in statuses)
+                or (max_cursor is not None and cursor > max_cursor)
+            ):
+                raise SignalRefused(signal.xid, status, cursor, None)
+            pending = await self._pending(conn, signal.xid, signal.name)
+            if pending is not None:
+                raise SignalRefused(signal.xid, status, cursor, pending)
             row = await (
                 await conn.execute(
                     "WITH s AS (INSERT INTO signals (xid, name, payload, at, actor) "
@@ -699,10 +743,13 @@ class PostgresStore(Store):
         async with self.pool.connection() as conn:
             return await self._load(conn, xid)
 
-    async def find_by_idempotency_key(self, key: str) -> TxRecord | None:
+    async def find_by_idempotency_key(self, scope: str, key: str) -> TxRecord | None:
         async with self.pool.connection() as conn:
             row = await (
-                await conn.execute("SELECT xid FROM transactions WHERE idempotency_key=%s", (key,))
+                await conn.execute(
+                    "SELECT xid FROM transactions WHERE idempotency_scope=%s AND idempotency_key=%s",
+                    (scope, key),
+                )
             ).fetchone()
             return await self._load(conn, row[0]) if row else None
 
@@ -736,18 +783,24 @@ class PostgresStore(Store):
             rows = await (await conn.execute(_WAITING)).fetchall()
         return waiting_records(rows, now)
 
-    async def pending_signal(self, xid: str, name: str) -> SignalRecord | None:
-        async with self.pool.connection() as conn:
-            r = await (
-                await conn.execute(
-                    "SELECT id, xid, name, payload, at, actor FROM signals "
-                    "WHERE xid=%s AND name=%s AND NOT consumed ORDER BY id LIMIT 1",
-                    (xid, name),
-                )
-            ).fetchone()
+    @staticmethod
+    async def _pending(
+        conn: psycopg.AsyncConnection[Any], xid: str, name: str
+    ) -> SignalRecord | None:
+        r = await (
+            await conn.execute(
+                "SELECT id, xid, name, payload, at, actor FROM signals "
+                "WHERE xid=%s AND name=%s AND NOT consumed ORDER BY id LIMIT 1",
+                (xid, name),
+            )
+        ).fetchone()
         if r is None:
             return None
         return SignalRecord(id=r[0], xid=r[1], name=r[2], payload=r[3], at=r[4], actor=r[5])
+
+    async def pending_signal(self, xid: str, name: str) -> SignalRecord | None:
+        async with self.pool.connection() as conn:
+            return await self._pending(conn, xid, name)
 
     async def list_locks(self) -> list[LockRecord]:
         async with self.pool.connection() as conn:

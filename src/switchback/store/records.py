@@ -30,11 +30,14 @@ UNDO_FAILED = "undo_failed"
 BLOCK_STATUSES = (PENDING, B_RUNNING, DONE, FAILED, UNDOING, UNDONE, UNDO_FAILED)
 
 
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+# allow_nan=False: NaN and infinity are not JSON (PostgreSQL's jsonb refuses them; SQLite would
+# keep text no JSON parser reads back). The engine refuses them before they get here.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
 
 def to_json(value: Any) -> str | None:
-    """Compact JSON, None for None. One shared encoder: json.dumps builds one per call."""
+    """Compact JSON, None for None. One shared encoder (json.dumps builds one per call), the
+    same for every store."""
     return None if value is None else _encode(value)
 
 
@@ -116,6 +119,8 @@ class TxRecord:
     updated_at: float = 0.0
     deadline: float | None = None
     idempotency_key: str | None = None
+    # Whose key it is (the actor who called): two callers' keys never meet.
+    idempotency_scope: str | None = None
     request_hash: str | None = None
     # Ownership: the process driving the transaction holds a lease; every write it makes carries
     # the fencing token it got when it claimed, and a write with a stale token is refused.

@@ -23,6 +23,7 @@ from switchback.store.base import (
     DuplicateIdempotencyKey,
     FencedOut,
     LockHeld,
+    SignalRefused,
     Store,
     StoreError,
     list_query,
@@ -45,7 +46,7 @@ from switchback.store.records import (
 T = TypeVar("T")
 log = logging.getLogger("switchback.store")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each entry migrates from version i to i+1. New versions append here; never edit old entries.
 MIGRATIONS: list[str] = [
@@ -118,6 +119,41 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX locks_xid ON locks (xid);
     """,
+    # 3: an idempotency key is unique per scope (the caller who used it), not across callers.
+    # SQLite cannot drop a column's UNIQUE constraint: the table is rebuilt (foreign keys are
+    # off while migrating, see _open_sync). Existing keys get the actor of their start record.
+    """
+    CREATE TABLE transactions_v3 (
+        xid TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL UNIQUE,
+        scenario TEXT NOT NULL,
+        status TEXT NOT NULL,
+        request TEXT,
+        cursor INTEGER NOT NULL DEFAULT 0,
+        reason TEXT,
+        error TEXT,
+        result TEXT,
+        created_at REAL NOT NULL,
+        updated_at REAL NOT NULL,
+        deadline REAL,
+        idempotency_key TEXT,
+        request_hash TEXT,
+        owner TEXT,
+        lease_until REAL,
+        fence INTEGER NOT NULL DEFAULT 0,
+        idempotency_scope TEXT
+    );
+    INSERT INTO transactions_v3 SELECT t.*, CASE WHEN t.idempotency_key IS NULL THEN NULL ELSE
+        COALESCE((SELECT a.actor FROM audit a WHERE a.xid = t.xid AND a.action = 'start'
+                  ORDER BY a.id LIMIT 1), '') END
+        FROM transactions t;
+    DROP TABLE transactions;
+    ALTER TABLE transactions_v3 RENAME TO transactions;
+    CREATE INDEX tx_status ON transactions (status, seq);
+    CREATE INDEX tx_scenario ON transactions (scenario, seq);
+    CREATE INDEX tx_owner ON transactions (owner);
+    CREATE UNIQUE INDEX tx_idempotency ON transactions (idempotency_scope, idempotency_key);
+    """,
 ]
 
 
@@ -130,7 +166,7 @@ def _load(text: str | None) -> Any:
 
 _TX_COLS = (
     "xid, scenario, status, request, cursor, reason, error, result, created_at, updated_at, "
-    "deadline, idempotency_key, request_hash, owner, lease_until, fence"
+    "deadline, idempotency_key, request_hash, owner, lease_until, fence, idempotency_scope"
 )
 _BLOCK_COLS = (
     "xid, idx, name, status, attempts, output, error, started_at, ended_at, undo_attempts, "
@@ -143,6 +179,7 @@ def _tx_from_row(r: sqlite3.Row | tuple[Any, ...]) -> TxRecord:
         xid=r[0], scenario=r[1], status=r[2], request=_load(r[3]), cursor=r[4], reason=r[5],
         error=_load(r[6]), result=_load(r[7]), created_at=r[8], updated_at=r[9], deadline=r[10],
         idempotency_key=r[11], request_hash=r[12], owner=r[13], lease_until=r[14], fence=r[15],
+        idempotency_scope=r[16],
     )  # fmt: skip
 
 
@@ -164,7 +201,7 @@ def _block_update_params(b: BlockRecord) -> tuple[Any, ...]:
 _TX_INSERT = (
     f"INSERT INTO transactions (seq, {_TX_COLS}) VALUES "
     "((SELECT COALESCE(MAX(seq), 0) + 1 FROM transactions), "
-    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _BLOCK_INSERT = f"INSERT INTO blocks ({_BLOCK_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _WAITING = waiting_query("s.consumed = 0")
@@ -471,7 +508,9 @@ class SQLiteStore(Store):
         db.execute("PRAGMA journal_mode=WAL")
         sync = "NORMAL" if self._fsync else self.synchronous
         db.execute(f"PRAGMA synchronous={sync}")
-        db.execute("PRAGMA foreign_keys=ON")
+        # Foreign keys are enforced from after the migrations (a migration may rebuild a table
+        # that others reference; the pragma cannot change inside a transaction).
+        db.execute("PRAGMA foreign_keys=OFF")
         db.execute("BEGIN IMMEDIATE")
         try:
             version = db.execute("PRAGMA user_version").fetchone()[0]
@@ -485,11 +524,14 @@ class SQLiteStore(Store):
                     if stmt.strip():
                         db.execute(stmt)
             db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            if version < SCHEMA_VERSION and db.execute("PRAGMA foreign_key_check").fetchone():
+                raise StoreError(f"{self.path}: migration broke a foreign key")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             db.close()
             raise
+        db.execute("PRAGMA foreign_keys=ON")
         if self._fsync:
             db.execute("PRAGMA wal_checkpoint(PASSIVE)")  # make sure the -wal file exists
             # fsync works on the file, whichever descriptor: our own read-only one will do.
@@ -577,11 +619,12 @@ class SQLiteStore(Store):
                             tx.owner,
                             tx.lease_until,
                             tx.fence,
+                            tx.idempotency_scope,
                         ),
                     )
                 except sqlite3.IntegrityError:
                     if tx.idempotency_key:
-                        existing = self._find_key(db, tx.idempotency_key)
+                        existing = self._find_key(db, tx.idempotency_scope, tx.idempotency_key)
                         if existing:
                             raise DuplicateIdempotencyKey(existing) from None
                     raise
@@ -666,9 +709,9 @@ class SQLiteStore(Store):
                 if row is None:
                     return None
                 cur_owner, lease_until, fence = row
+                # Never "already mine": a claim is exclusive, even within one owner.
                 free = (
                     cur_owner is None
-                    or cur_owner == owner
                     or (lease_until is not None and lease_until < now)
                     or owner_is_dead(cur_owner)
                 )
@@ -692,9 +735,31 @@ class SQLiteStore(Store):
 
         return await self._write_op(go)
 
-    async def add_signal(self, signal: SignalRecord, audit: AuditRecord) -> int:
+    async def add_signal(
+        self,
+        signal: SignalRecord,
+        audit: AuditRecord,
+        *,
+        statuses: Sequence[str] | None = None,
+        max_cursor: int | None = None,
+    ) -> int:
         def go(db: sqlite3.Connection) -> int:
             def body() -> int:
+                # Inside the batch's BEGIN IMMEDIATE: no other write (ours or another process's)
+                # can come between this check and the insert.
+                row = db.execute(
+                    "SELECT status, cursor FROM transactions WHERE xid=?", (signal.xid,)
+                ).fetchone()
+                status, cursor = row if row else (None, None)
+                if (
+                    row is None
+                    or (statuses is not None and status not in statuses)
+                    or (max_cursor is not None and cursor > max_cursor)
+                ):
+                    raise SignalRefused(signal.xid, status, cursor, None)
+                pending = self._pending(db, signal.xid, signal.name)
+                if pending is not None:
+                    raise SignalRefused(signal.xid, status, cursor, pending)
                 cur = db.execute(
                     "INSERT INTO signals (xid, name, payload, at, actor) VALUES (?, ?, ?, ?, ?)",
                     (signal.xid, signal.name, _dump(signal.payload), signal.at, signal.actor),
@@ -760,12 +825,15 @@ class SQLiteStore(Store):
         return await self._run(lambda db: self._load(db, xid))
 
     @staticmethod
-    def _find_key(db: sqlite3.Connection, key: str) -> TxRecord | None:
-        row = db.execute("SELECT xid FROM transactions WHERE idempotency_key=?", (key,)).fetchone()
+    def _find_key(db: sqlite3.Connection, scope: str | None, key: str) -> TxRecord | None:
+        row = db.execute(
+            "SELECT xid FROM transactions WHERE idempotency_scope=? AND idempotency_key=?",
+            (scope, key),
+        ).fetchone()
         return SQLiteStore._load(db, row[0]) if row else None
 
-    async def find_by_idempotency_key(self, key: str) -> TxRecord | None:
-        return await self._run(lambda db: self._find_key(db, key))
+    async def find_by_idempotency_key(self, scope: str, key: str) -> TxRecord | None:
+        return await self._run(lambda db: self._find_key(db, scope, key))
 
     async def list(
         self,
@@ -797,20 +865,19 @@ class SQLiteStore(Store):
     async def waiting(self, now: float) -> list[WaitingRecord]:
         return await self._run(lambda db: waiting_records(db.execute(_WAITING).fetchall(), now))
 
-    async def pending_signal(self, xid: str, name: str) -> SignalRecord | None:
-        def go(db: sqlite3.Connection) -> SignalRecord | None:
-            r = db.execute(
-                "SELECT id, xid, name, payload, at, actor FROM signals "
-                "WHERE xid=? AND name=? AND consumed=0 ORDER BY id LIMIT 1",
-                (xid, name),
-            ).fetchone()
-            if r is None:
-                return None
-            return SignalRecord(
-                id=r[0], xid=r[1], name=r[2], payload=_load(r[3]), at=r[4], actor=r[5]
-            )
+    @staticmethod
+    def _pending(db: sqlite3.Connection, xid: str, name: str) -> SignalRecord | None:
+        r = db.execute(
+            "SELECT id, xid, name, payload, at, actor FROM signals "
+            "WHERE xid=? AND name=? AND consumed=0 ORDER BY id LIMIT 1",
+            (xid, name),
+        ).fetchone()
+        if r is None:
+            return None
+        return SignalRecord(id=r[0], xid=r[1], name=r[2], payload=_load(r[3]), at=r[4], actor=r[5])
 
-        return await self._run(go)
+    async def pending_signal(self, xid: str, name: str) -> SignalRecord | None:
+        return await self._run(lambda db: self._pending(db, xid, name))
 
     async def list_locks(self) -> list[LockRecord]:
         def go(db: sqlite3.Connection) -> list[LockRecord]:

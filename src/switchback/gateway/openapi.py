@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import re
+import string
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -357,11 +358,21 @@ def _scenario_operation(sc: Scenario, config: GatewayConfig) -> dict[str, Any]:
     # GET/DELETE calls carry their input in the path only (a body is still accepted).
     if sc.method not in ("GET", "DELETE"):
         op["requestBody"] = {
-            "required": False,
+            # An empty body counts as {}: required only when {} (with the path parameters merged
+            # in) cannot satisfy the schema, so that a client generated from this document knows
+            # which calls need one.
+            "required": _body_required(sc),
             "description": "an empty body counts as {}; path parameters are merged in",
             "content": {"application/json": {"schema": public_request_schema(sc)}},
         }
     return op
+
+
+def _body_required(sc: Scenario) -> bool:
+    schema = sc.request if isinstance(sc.request, dict) else {}
+    names = {f for _, f, _, _ in string.Formatter().parse(sc.path or "") if f}
+    required = schema.get("required", [])
+    return bool(set(required if isinstance(required, list) else []) - names)
 
 
 XID = {
